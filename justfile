@@ -1,0 +1,33 @@
+# oai_adapter — every recipe sets itself up: a fresh machine needs only Python >= 3.11 and `just`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+uv := "uv"
+
+# Install uv (if missing) and the locked dependencies into .venv.
+setup:
+    command -v {{uv}} >/dev/null 2>&1 || python3 -m pip install --quiet uv
+    {{uv}} sync --locked --quiet
+
+# Stream a completion from the embedded upstream through the adapter.
+demo *ARGS: setup
+    {{uv}} run --locked --quiet oai-adapter demo {{ARGS}}
+
+# Run the test suite.
+test *ARGS: setup
+    {{uv}} run --locked --quiet pytest -q {{ARGS}}
+
+# ruff + mypy strict.
+lint: setup
+    {{uv}} run --locked --quiet ruff check oai_adapter tests benchmarks
+    {{uv}} run --locked --quiet ruff format --check oai_adapter tests benchmarks
+    {{uv}} run --locked --quiet mypy
+
+# Reformat the code.
+fmt: setup
+    {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks
+    {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks
+
+# Benchmarks: print figures and ratios (never asserted in tests).
+bench: setup
+    {{uv}} run --locked --quiet python benchmarks/run_all.py

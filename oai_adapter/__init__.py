@@ -1,0 +1,50 @@
+"""oai_adapter — a trio-native adapter for OpenAI-compatible HTTP endpoints.
+
+`submit` streams a completion as ordered events (`Started → Token* → Metrics? → End`),
+`cancel(task_id)` ends a running task, and `health`, `props` and `engine_version` describe the
+upstream. See DESIGN.md for the contract; everything public is importable from here.
+"""
+
+from ._adapter import AdapterStatistics as AdapterStatistics
+from ._adapter import OpenAIAdapter as OpenAIAdapter
+from ._config import AdapterConfig as AdapterConfig
+from ._config import RetryPolicy as RetryPolicy
+from ._config import TaskRequest as TaskRequest
+from ._config import Timeouts as Timeouts
+from ._errors import ErrorInfo as ErrorInfo
+from ._errors import ErrorKind as ErrorKind
+from ._errors import WorkerError as WorkerError
+from ._events import End as End
+from ._events import EngineVersion as EngineVersion
+from ._events import Event as Event
+from ._events import HealthStatus as HealthStatus
+from ._events import Metrics as Metrics
+from ._events import Started as Started
+from ._events import Token as Token
+from ._events import WorkerProps as WorkerProps
+from ._redact import Secret as Secret
+from ._stream import EventStream as EventStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterStatistics",
+    "End",
+    "EngineVersion",
+    "ErrorInfo",
+    "ErrorKind",
+    "Event",
+    "EventStream",
+    "HealthStatus",
+    "Metrics",
+    "OpenAIAdapter",
+    "RetryPolicy",
+    "Secret",
+    "Started",
+    "TaskRequest",
+    "Timeouts",
+    "Token",
+    "WorkerError",
+    "WorkerProps",
+]

@@ -1,0 +1,294 @@
+"""The one error table: upstream status codes, stream failures and transport faults → `ErrorKind`.
+
+Every failure the adapter reports is a `WorkerError` (raised) or an `ErrorInfo` (carried by
+`End`). Both come from here, so the mapping from a cause to a kind, and from a kind to "worth
+retrying", lives in exactly one place (DESIGN.md, "Errors").
+
+    Exception
+    └── WorkerError(kind, message, status, retryable, retry_after_ms)
+         our side ─── INVALID_PARAMS (a 4xx: the request was wrong), POLICY (egress, TLS,
+         │            redirect), CANCELLED
+         └ upstream ─ UPSTREAM_AUTH, UPSTREAM_NOT_FOUND, ADMISSION_REJECT, POOL_UNAVAILABLE,
+                      UPSTREAM_ERROR, WORKER_RESET, DECODE_TIMEOUT, DEADLINE_UNMET, PROTOCOL
+
+Messages pass through `redact()` before they are stored: an upstream that echoes the API key
+in its error body does not get it into our output (OC-ADAPT-OAI-6020).
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from typing import Final
+
+import httpx2
+import msgspec
+
+from ._redact import redact
+
+
+class ErrorKind(enum.StrEnum):
+    """The orchestrator's error codes."""
+
+    INVALID_PARAMS = "INVALID_PARAMS"
+    UPSTREAM_AUTH = "UPSTREAM_AUTH"
+    UPSTREAM_NOT_FOUND = "UPSTREAM_NOT_FOUND"
+    ADMISSION_REJECT = "ADMISSION_REJECT"
+    POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    WORKER_RESET = "WORKER_RESET"
+    DECODE_TIMEOUT = "DECODE_TIMEOUT"
+    DEADLINE_UNMET = "DEADLINE_UNMET"
+    PROTOCOL = "PROTOCOL"
+    POLICY = "POLICY"
+    CANCELLED = "CANCELLED"
+
+
+#: Kinds worth trying again (later, or as another attempt before `Started`).
+RETRYABLE: Final = frozenset({ErrorKind.ADMISSION_REJECT, ErrorKind.POOL_UNAVAILABLE})
+
+#: Longest upstream message kept in an `ErrorInfo` (a 404 may be a whole HTML page).
+MAX_MESSAGE_CHARS: Final = 500
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What went wrong, carried by `End(reason="error")`."""
+
+    kind: ErrorKind
+    message: str
+    status: int | None = None
+    retryable: bool = False
+    retry_after_ms: int | None = None
+
+    def to_exception(self) -> WorkerError:
+        return WorkerError(
+            self.kind,
+            self.message,
+            status=self.status,
+            retryable=self.retryable,
+            retry_after_ms=self.retry_after_ms,
+        )
+
+
+class WorkerError(Exception):
+    """A failure of a worker call, with the orchestrator's error kind."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        self.kind = ErrorKind(kind)
+        self.message = redact(message)
+        self.status = status
+        self.retryable = self.kind in RETRYABLE if retryable is None else retryable
+        self.retry_after_ms = retry_after_ms
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        status = f" (status {self.status})" if self.status is not None else ""
+        return f"{self.kind.value}{status}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"WorkerError({self.kind.value!r}, {self.message!r}, status={self.status!r})"
+
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(
+            kind=self.kind,
+            message=self.message,
+            status=self.status,
+            retryable=self.retryable,
+            retry_after_ms=self.retry_after_ms,
+        )
+
+
+def make_error(
+    kind: ErrorKind,
+    message: str,
+    *,
+    status: int | None = None,
+    retry_after_ms: int | None = None,
+) -> WorkerError:
+    """A `WorkerError` whose `retryable` follows the table."""
+    return WorkerError(kind, message, status=status, retry_after_ms=retry_after_ms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Status codes and upstream error bodies
+# ---------------------------------------------------------------------------------------------
+
+_STATUS_KIND: Final[dict[int, ErrorKind]] = {
+    401: ErrorKind.UPSTREAM_AUTH,
+    403: ErrorKind.UPSTREAM_AUTH,
+    404: ErrorKind.UPSTREAM_NOT_FOUND,
+    408: ErrorKind.POOL_UNAVAILABLE,
+    429: ErrorKind.ADMISSION_REJECT,
+    502: ErrorKind.POOL_UNAVAILABLE,
+    503: ErrorKind.POOL_UNAVAILABLE,
+    504: ErrorKind.POOL_UNAVAILABLE,
+}
+
+#: Error `type`/`code` strings that stand for a status (servers that send a rate limit as
+#: `200` + an error event, FACTS.md "Streams").
+_CODE_KIND: Final[dict[str, ErrorKind]] = {
+    "model_not_found": ErrorKind.UPSTREAM_NOT_FOUND,
+    "rate_limit_error": ErrorKind.ADMISSION_REJECT,
+    "rate_limit_exceeded": ErrorKind.ADMISSION_REJECT,
+    "too_many_requests": ErrorKind.ADMISSION_REJECT,
+    "overloaded": ErrorKind.POOL_UNAVAILABLE,
+    "overloaded_error": ErrorKind.POOL_UNAVAILABLE,
+    "unavailable_error": ErrorKind.POOL_UNAVAILABLE,
+    "service_unavailable": ErrorKind.POOL_UNAVAILABLE,
+    "server_overloaded": ErrorKind.POOL_UNAVAILABLE,
+    "invalid_api_key": ErrorKind.UPSTREAM_AUTH,
+    "authentication_error": ErrorKind.UPSTREAM_AUTH,
+    "permission_error": ErrorKind.UPSTREAM_AUTH,
+    "invalid_request_error": ErrorKind.INVALID_PARAMS,
+    "context_length_exceeded": ErrorKind.INVALID_PARAMS,
+}
+
+
+def kind_for_status(status: int) -> ErrorKind:
+    """DESIGN's table, for an HTTP status that is not a 2xx."""
+    if status in _STATUS_KIND:
+        return _STATUS_KIND[status]
+    if 300 <= status < 400:
+        return ErrorKind.POLICY
+    if 400 <= status < 500:
+        return ErrorKind.INVALID_PARAMS
+    return ErrorKind.UPSTREAM_ERROR
+
+
+def kind_for_code(*codes: object) -> ErrorKind | None:
+    """The kind an upstream error `code` or `type` names, if it names one we know."""
+    for code in codes:
+        if isinstance(code, str) and code.lower() in _CODE_KIND:
+            return _CODE_KIND[code.lower()]
+        if isinstance(code, int) and not isinstance(code, bool) and 300 <= code < 600:
+            return kind_for_status(code)
+    return None
+
+
+class _ErrorBody(msgspec.Struct, gc=False):
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct, gc=False):
+    error: _ErrorBody | str | None = None
+    detail: str | None = None
+    message: str | None = None
+
+
+_error_decoder: Final = msgspec.json.Decoder(_ErrorEnvelope)
+
+
+def _parse_error_body(body: bytes) -> tuple[str, _ErrorBody | None]:
+    """The upstream's message and error object, from JSON, an SSE error frame or plain text."""
+    text = body.strip()
+    if text.startswith(b"data:"):  # LiteLLM answers some 500s with an SSE error frame
+        text = text.split(b"\n", 1)[0][5:].strip()
+    try:
+        envelope = _error_decoder.decode(text)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return body.decode("utf-8", "replace").strip(), None
+    if isinstance(envelope.error, _ErrorBody):
+        return envelope.error.message or envelope.error.type or "", envelope.error
+    if isinstance(envelope.error, str):
+        return envelope.error, None
+    return envelope.detail or envelope.message or "", None
+
+
+def error_from_status(
+    status: int, body: bytes = b"", *, retry_after_ms: int | None = None
+) -> WorkerError:
+    """The error for a non-2xx response, its kind from the status and the body's error `code`."""
+    message, err = _parse_error_body(body)
+    kind = kind_for_status(status)
+    if err is not None and kind_for_code(err.code) is ErrorKind.UPSTREAM_NOT_FOUND:
+        kind = ErrorKind.UPSTREAM_NOT_FOUND
+    if 300 <= status < 400:
+        message = "redirects are never followed" + (f": {message}" if message else "")
+    message = _clip(message) or f"HTTP {status}"
+    return make_error(kind, message, status=status, retry_after_ms=retry_after_ms)
+
+
+def error_from_event(
+    payload: _ErrorBody | None, *, first: bool, fallback_message: str = ""
+) -> WorkerError:
+    """The error for an error event inside a 2xx stream.
+
+    As the *first* event it stands for the status it names (a rate limit sent as `200` + an
+    error event is an `ADMISSION_REJECT`, retried like a 429); after `Started` it is always an
+    `UPSTREAM_ERROR` (DESIGN.md, "Retries").
+    """
+    code = payload.code if payload is not None else None
+    etype = payload.type if payload is not None else None
+    message = _clip((payload.message if payload is not None else None) or fallback_message)
+    message = message or f"error event from upstream ({etype or code or 'no detail'})"
+    status = code if isinstance(code, int) and not isinstance(code, bool) else None
+    kind = kind_for_code(etype, code) if first else None
+    return make_error(kind or ErrorKind.UPSTREAM_ERROR, message, status=status)
+
+
+def _clip(message: str) -> str:
+    message = " ".join(message.split())
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport exceptions — mapped here and nowhere else
+# ---------------------------------------------------------------------------------------------
+
+
+def error_from_transport(exc: BaseException, *, after_headers: bool) -> WorkerError:
+    """The error for an exception raised by the HTTP client.
+
+    Before the response headers a lost connection means the pool could not serve us
+    (`POOL_UNAVAILABLE`, retried); after them it is a `WORKER_RESET` (never retried).
+    """
+    if _is_tls_failure(exc):
+        return make_error(
+            ErrorKind.POLICY,
+            f"TLS verification failed: the upstream's certificate was not trusted ({_name(exc)})",
+        )
+    if isinstance(exc, httpx2.UnsupportedProtocol | httpx2.InvalidURL):
+        return make_error(ErrorKind.POLICY, f"unsupported URL: {_name(exc)}")
+    if isinstance(exc, httpx2.ProxyError):
+        return make_error(ErrorKind.POOL_UNAVAILABLE, f"proxy failed: {_name(exc)}")
+    if after_headers:
+        return make_error(
+            ErrorKind.WORKER_RESET, f"connection lost during the stream ({_name(exc)})"
+        )
+    if isinstance(exc, httpx2.ConnectTimeout):
+        return make_error(ErrorKind.POOL_UNAVAILABLE, "connect timed out")
+    if isinstance(exc, httpx2.ConnectError):
+        return make_error(ErrorKind.POOL_UNAVAILABLE, f"connect failed ({_name(exc)})")
+    return make_error(
+        ErrorKind.POOL_UNAVAILABLE, f"connection lost before the response ({_name(exc)})"
+    )
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _name(exc: BaseException) -> str:
+    detail = str(exc).strip()
+    return f"{type(exc).__name__}: {_clip(detail)}" if detail else type(exc).__name__

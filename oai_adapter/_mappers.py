@@ -1,0 +1,185 @@
+"""Per-API mappers: SSE events in, adapter events out. Sans-IO (no trio, no httpx2).
+
+A mapper sees the stream's `(event_name, data)` pairs in order and appends `Token`s to the
+caller's list; what ends the stream (a finish reason, `[DONE]`, a terminal event), the usage
+counts and an in-stream error are left on the mapper for the adapter to read. It never raises
+for anything the upstream sends except bytes that are not the JSON it expects (`ProtocolError`).
+
+Wire types are view Structs naming only the fields read, every field defaulted, unknown fields
+skipped; one module-level `Decoder` per type, decoding straight from `bytes` (msgspec's
+fastest path, ≈ 0.7 µs a chunk, FACTS.md).
+
+Quirks handled here (FACTS.md, "Streams"): a role-only first delta (`content` null or empty)
+is no Token; usage comes on a `choices: []` chunk, on a `delta: {}` chunk or on the finish
+chunk; an all-zero usage is a placeholder (LiteLLM legacy completions), not a count; `[DONE]`
+may be missing after the finish; a UTF-16 surrogate pair split across two chunks (mock-llm)
+is joined instead of failing the stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+import msgspec
+
+from ._errors import ErrorKind, WorkerError, _ErrorBody, error_from_event, make_error
+from ._events import EndReason, Event, Token
+
+__all__ = ["ChatMapper", "Mapper", "ProtocolError", "finish_to_reason"]
+
+
+class ProtocolError(ValueError):
+    """The upstream sent bytes that are not the event stream we expect."""
+
+
+# --- wire views ------------------------------------------------------------------------------
+
+
+class _Delta(msgspec.Struct, gc=False):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    index: int = 0
+    delta: _Delta | None = None  # chat
+    text: str | None = None  # legacy completions
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Chunk(msgspec.Struct, gc=False):
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    error: _ErrorBody | str | None = None
+
+
+_chunk_decoder: Final = msgspec.json.Decoder(_Chunk)
+
+_DONE: Final = b"[DONE]"
+
+_FINISH: Final[dict[str, EndReason]] = {
+    "stop": "stop",
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "max_output_tokens": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+}
+
+
+def finish_to_reason(finish: str) -> EndReason:
+    """An upstream `finish_reason` as an `End.reason` (an unknown one is a normal stop)."""
+    return _FINISH.get(finish.lower(), "stop")
+
+
+class Mapper:
+    """What every mapper leaves for the adapter to read."""
+
+    __slots__ = (
+        "completion_tokens",
+        "done",
+        "error",
+        "events_seen",
+        "finish",
+        "next_index",
+        "prompt_tokens",
+        "task_id",
+    )
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.next_index = 0  # index of the next Token
+        self.events_seen = 0  # SSE events mapped so far
+        self.finish: EndReason | None = None  # how the upstream said it finished
+        self.done = False  # nothing more will come that matters: stop reading
+        self.error: WorkerError | None = None  # an error event (`done` is set too)
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+
+    def feed(self, name: str, data: bytes, out: list[Event]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def eof_error(self) -> WorkerError | None:
+        """At end of stream: `None` for a normal end, else why the stream was cut short."""
+        if self.done or self.finish is not None:
+            return None
+        return make_error(
+            ErrorKind.WORKER_RESET, "the upstream closed the stream before it finished"
+        )
+
+
+class ChatMapper(Mapper):
+    """Chat Completions (`choices[].delta.content`) and legacy Completions (`choices[].text`)."""
+
+    __slots__ = ("_high_surrogate",)
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self._high_surrogate = ""
+
+    def feed(self, name: str, data: bytes, out: list[Event]) -> None:
+        self.events_seen += 1
+        if data[:1] == b"[" and data.strip() == _DONE:
+            self.done = True
+            return
+        try:
+            chunk = _chunk_decoder.decode(data)
+            lenient = False
+        except msgspec.DecodeError:
+            chunk = _decode_lenient(data)
+            lenient = True
+        if chunk.error is not None or name == "error":
+            body = chunk.error if isinstance(chunk.error, _ErrorBody) else None
+            said = chunk.error if isinstance(chunk.error, str) else ""
+            self.error = error_from_event(body, first=self.events_seen == 1, fallback_message=said)
+            self.done = True
+            return
+        if chunk.choices:
+            for choice in chunk.choices:
+                if choice.index != 0:
+                    continue  # n > 1 is not supported: choice 0 is the answer
+                delta = choice.delta
+                text: str | None = delta.content if delta is not None else choice.text
+                if text:
+                    if lenient or self._high_surrogate:
+                        text = self._join_surrogates(text)
+                    if text:
+                        out.append(Token(task_id=self.task_id, index=self.next_index, text=text))
+                        self.next_index += 1
+                if choice.finish_reason:
+                    self.finish = finish_to_reason(choice.finish_reason)
+        usage = chunk.usage
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            self.prompt_tokens = usage.prompt_tokens
+            self.completion_tokens = usage.completion_tokens
+
+    def _join_surrogates(self, text: str) -> str:
+        text = self._high_surrogate + text
+        self._high_surrogate = ""
+        if "\ud800" <= text[-1] <= "\udbff":
+            self._high_surrogate = text[-1]
+            text = text[:-1]
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _decode_lenient(data: bytes) -> _Chunk:
+    """The chunk, decoded by the slower `json` module that accepts lone UTF-16 surrogates.
+
+    msgspec rejects `"\\ud83d"` on its own; a server that cuts deltas on UTF-16 units sends
+    exactly that, and the other half in the next chunk (FACTS.md).
+    """
+    try:
+        return msgspec.convert(json.loads(data), _Chunk)
+    except (ValueError, msgspec.ValidationError, RecursionError):
+        preview = data[:80].decode("utf-8", "replace")
+        raise ProtocolError(f"malformed JSON in the event stream: {preview!r}") from None

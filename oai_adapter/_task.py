@@ -1,0 +1,434 @@
+"""One task's reader: request, retries before `Started`, the stream, and its `End`.
+
+The reader runs in the task's nursery (opened by `submit`) inside the cancel scope that
+`cancel(task_id)` cancels. It sends batches of events — one list per network read — over a
+bounded trio memory channel; the consumer unpacks them (`_stream.EventStream`). A batch per
+read instead of a channel item per token saves a scheduler round trip per token (≈ 7 µs,
+FACTS.md) and keeps the stream's order, since one task writes the channel.
+
+Deadlines (DESIGN.md, "Configuration"): `total` bounds the whole task, retries and backoff
+included; until the first Token the read deadline is `first_token` after the request was sent
+(headers included), and every read is also bounded by `idle` after the last parsed event. SSE
+comments and keep-alive bytes parse to no event and so do not move the idle deadline; time spent
+blocked on a full channel (a slow consumer) does, since that is backpressure, not upstream
+silence. Connect is bounded by httpx2 (`Timeouts.connect`).
+
+Invariants: at most one `Started`, and never a retry after it; exactly one `End` unless the
+task was cancelled (then the consumer makes `End(cancelled)`); the upstream response is closed,
+with a bounded, shielded cleanup, before `done` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final
+
+import httpx2
+import msgspec
+import trio
+
+from ._errors import ErrorKind, WorkerError, error_from_status, error_from_transport, make_error
+from ._events import End, Event, Metrics, Started
+from ._http import http_version, request_id
+from ._mappers import ChatMapper, Mapper, ProtocolError
+from ._retry import backoff_delay, retry_after_ms
+from ._sse import SSEDecoder, SSEError
+
+if TYPE_CHECKING:
+    from ._adapter import OpenAIAdapter
+    from ._config import TaskRequest
+    from ._log import TaskLog
+
+__all__ = ["CLEANUP_GRACE", "TaskState", "run_task"]
+
+#: Seconds a shielded cleanup (closing a response) may take before it is abandoned.
+CLEANUP_GRACE: Final = 1.0
+
+#: Most bytes of an error response body read to find the upstream's message.
+_MAX_ERROR_BODY: Final = 64 * 1024
+
+MAPPERS: Final[dict[str, type[Mapper]]] = {"chat": ChatMapper, "completions": ChatMapper}
+
+
+class TaskState:
+    """What `cancel()` and the consumer share with the reader."""
+
+    __slots__ = ("cancel_requested", "done", "scope", "task_id")
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.scope = trio.CancelScope()  # cancelled by cancel(task_id) and by leaving `submit`
+        self.cancel_requested = False
+        self.done = trio.Event()  # the reader has finished and closed the upstream response
+
+
+class _Failed(Exception):
+    """An attempt failed; `error` says how."""
+
+    def __init__(self, error: WorkerError) -> None:
+        self.error = error
+
+
+async def run_task(
+    adapter: OpenAIAdapter,
+    state: TaskState,
+    req: TaskRequest,
+    body: bytes,
+    headers: dict[str, str],
+    send: trio.MemorySendChannel[list[Event]],
+    tlog: TaskLog,
+    started_at: float,
+) -> None:
+    """The reader task. Sends every event but a cancel's `End`; sets `state.done` last."""
+    try:
+        async with send:
+            with state.scope:
+                reader = _Reader(adapter, state, req, body, headers, send, tlog, started_at)
+                await reader.run()
+    finally:
+        state.done.set()
+
+
+class _Reader:
+    __slots__ = (
+        "_chunks_iter",
+        "_first_deadline",
+        "adapter",
+        "body",
+        "decoder",
+        "first_token_at",
+        "headers",
+        "last_token_at",
+        "mapper",
+        "req",
+        "response",
+        "send",
+        "started",
+        "started_at",
+        "state",
+        "tlog",
+    )
+
+    def __init__(
+        self,
+        adapter: OpenAIAdapter,
+        state: TaskState,
+        req: TaskRequest,
+        body: bytes,
+        headers: dict[str, str],
+        send: trio.MemorySendChannel[list[Event]],
+        tlog: TaskLog,
+        started_at: float,
+    ) -> None:
+        self.adapter = adapter
+        self.state = state
+        self.req = req
+        self.body = body
+        self.headers = headers
+        self.send = send
+        self.tlog = tlog
+        self.started_at = started_at
+        self.started: Started | None = None
+        self.response: httpx2.Response | None = None
+        self.mapper: Mapper = MAPPERS[adapter.config.api](req.task_id)
+        self.decoder = SSEDecoder()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self._chunks_iter: AsyncIterator[bytes] | None = None
+        self._first_deadline = 0.0
+
+    # --- the task ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        timeouts = self.adapter.config.timeouts
+        error: WorkerError | None = None
+        with trio.move_on_at(self.started_at + timeouts.total) as total_scope:
+            try:
+                await self._attempts()
+                await self._stream()
+            except _Failed as failed:
+                error = failed.error
+            finally:
+                await self._close_response()
+        if total_scope.cancelled_caught:
+            error = make_error(
+                ErrorKind.DEADLINE_UNMET,
+                f"total timeout: the task took longer than {timeouts.total:g} s",
+            )
+        await self._finish(error)
+
+    async def _attempts(self) -> None:
+        """Attempts until one is accepted (`Started` sent) or the last one fails."""
+        policy = self.adapter.config.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            self.tlog.attempt = attempt
+            try:
+                await self._attempt(attempt)
+                return
+            except _Failed as failed:
+                error = failed.error
+                await self._close_response()
+                if not error.retryable or attempt >= policy.max_attempts:
+                    raise
+                delay = backoff_delay(policy, attempt, error.retry_after_ms)
+                self.tlog.warning(
+                    f"attempt {attempt} failed ({error.kind.value}"
+                    f"{f', status {error.status}' if error.status else ''}: {error.message}), "
+                    f"retrying in {delay * 1000:.0f} ms",
+                    error_kind=error.kind.value,
+                    status=error.status,
+                    retryable=error.retryable,
+                    retry_after_ms=error.retry_after_ms,
+                    delay_ms=round(delay * 1000, 3),
+                )
+                await trio.sleep(delay)
+                self.mapper = MAPPERS[self.adapter.config.api](self.req.task_id)
+                self.decoder = SSEDecoder()
+
+    async def _attempt(self, attempt: int) -> None:
+        adapter = self.adapter
+        upstream = adapter.upstream
+        timeouts = adapter.config.timeouts
+        sent_at = trio.current_time()
+        first_deadline = sent_at + timeouts.first_token
+        self.tlog.debug(
+            f"request sent (api {adapter.config.api}, model {adapter.config.model}, attempt {attempt})"
+        )
+        with trio.move_on_at(first_deadline) as scope:
+            try:
+                request = upstream.build_request(
+                    "POST", adapter.endpoint, json=self.body, headers=self.headers
+                )
+                self.response = response = await upstream.send(request, stream=True)
+            except WorkerError as exc:
+                raise _Failed(exc) from exc
+            except (httpx2.HTTPError, OSError) as exc:
+                raise _Failed(error_from_transport(exc, after_headers=False)) from exc
+            status = response.status_code
+            if not 200 <= status < 300:
+                raw = await self._read_error_body(response)
+                hdrs = response.headers
+                raise _Failed(error_from_status(status, raw, retry_after_ms=retry_after_ms(hdrs)))
+            ctype = response.headers.get("content-type", "")
+            if not ctype.lower().startswith("text/event-stream"):
+                raise _Failed(
+                    make_error(
+                        ErrorKind.PROTOCOL,
+                        f"expected an event stream, got {ctype or 'no content-type'} (status {status})",
+                        status=status,
+                    )
+                )
+            # Accepted only once the first event is known not to be an error.
+            out: list[Event] = []
+            chunks = self._chunks(response)
+            while self.mapper.events_seen == 0:
+                idle_deadline = sent_at + timeouts.idle
+                chunk = await self._next_chunk(
+                    chunks, min(idle_deadline, first_deadline), first_deadline <= idle_deadline
+                )
+                if chunk is None:
+                    self._feed_eof(out)
+                    break
+                self._feed(chunk, out)
+            if self.mapper.error is not None:
+                raise _Failed(self.mapper.error)
+            if self.mapper.events_seen == 0 and not self.mapper.done:
+                raise _Failed(
+                    make_error(
+                        ErrorKind.WORKER_RESET, "the upstream closed the stream before any event"
+                    )
+                )
+        if scope.cancelled_caught:
+            raise _Failed(
+                make_error(
+                    ErrorKind.DECODE_TIMEOUT,
+                    f"first_token timeout: no event within {timeouts.first_token:g} s of the request",
+                )
+            )
+        self.started = Started(
+            task_id=self.req.task_id,
+            model=adapter.config.model,
+            attempt=attempt,
+            http_version=http_version(response),
+            request_id=request_id(response.headers),
+        )
+        self.tlog.info(
+            f"stream accepted (status {status}, {self.started.http_version}, "
+            f"upstream request id {self.started.request_id})"
+        )
+        if litellm := response.headers.get("x-litellm-version"):
+            adapter.litellm_version = litellm
+        out.insert(0, self.started)
+        self._chunks_iter = chunks
+        self._first_deadline = first_deadline
+        await self._emit(out)
+
+    async def _stream(self) -> None:
+        """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`."""
+        timeouts = self.adapter.config.timeouts
+        idle = timeouts.idle
+        chunks = self._chunks_iter
+        assert chunks is not None
+        mapper = self.mapper
+        last_event = trio.current_time()
+        while not mapper.done:
+            deadline = last_event + idle
+            first_token = self.first_token_at is None and self._first_deadline <= deadline
+            chunk = await self._next_chunk(
+                chunks, self._first_deadline if first_token else deadline, first_token
+            )
+            out: list[Event] = []
+            if chunk is None:
+                self._feed_eof(out)
+                if out:
+                    await self._emit(out)
+                if mapper.error is None and (err := mapper.eof_error()) is not None:
+                    raise _Failed(err)
+                break
+            if self._feed(chunk, out):
+                last_event = trio.current_time()
+            if out:
+                await self._emit(out)
+                last_event = trio.current_time()
+        if mapper.error is not None:
+            raise _Failed(mapper.error)
+
+    # --- pieces --------------------------------------------------------------------------
+
+    def _chunks(self, response: httpx2.Response) -> AsyncIterator[bytes]:
+        return response.aiter_raw().__aiter__()
+
+    async def _next_chunk(
+        self, chunks: AsyncIterator[bytes], deadline: float, first_token: bool
+    ) -> bytes | None:
+        """The next network read, `None` at end of stream. Raises `_Failed` on a lost
+        connection, or when `deadline` passes: the first-token deadline if `first_token`,
+        else the idle one."""
+        with trio.move_on_at(deadline):
+            try:
+                return await chunks.__anext__()
+            except StopAsyncIteration:
+                return None
+            except (httpx2.HTTPError, OSError) as exc:
+                raise _Failed(error_from_transport(exc, after_headers=True)) from exc
+        timeouts = self.adapter.config.timeouts
+        if first_token:
+            message = (
+                f"first_token timeout: no token within {timeouts.first_token:g} s of the request"
+            )
+        else:
+            message = f"idle timeout: no event from the upstream for {timeouts.idle:g} s"
+        raise _Failed(make_error(ErrorKind.DECODE_TIMEOUT, message))
+
+    def _feed(self, chunk: bytes, out: list[Event]) -> bool:
+        """Parse a chunk into `out`. True when it held at least one event."""
+        try:
+            events = self.decoder.feed(chunk)
+        except SSEError as exc:
+            raise _Failed(make_error(ErrorKind.PROTOCOL, f"malformed event stream: {exc}")) from exc
+        if not events:
+            return False
+        self._map(events, out)
+        return True
+
+    def _feed_eof(self, out: list[Event]) -> None:
+        self._map(self.decoder.close(), out)
+
+    def _map(self, events: list[tuple[str, bytes]], out: list[Event]) -> None:
+        mapper = self.mapper
+        before = mapper.next_index
+        try:
+            for name, data in events:
+                mapper.feed(name, data, out)
+                if mapper.done:
+                    break
+        except (ProtocolError, msgspec.ValidationError) as exc:
+            raise _Failed(make_error(ErrorKind.PROTOCOL, str(exc))) from exc
+        if mapper.next_index != before:
+            now = trio.current_time()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            self.last_token_at = now
+
+    async def _emit(self, batch: list[Event]) -> None:
+        try:
+            self.send.send_nowait(batch)
+        except trio.WouldBlock:
+            await self.send.send(batch)
+
+    async def _read_error_body(self, response: httpx2.Response) -> bytes:
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) >= _MAX_ERROR_BODY:
+                    break
+        except (httpx2.HTTPError, OSError):
+            pass
+        return bytes(body[:_MAX_ERROR_BODY])
+
+    async def _close_response(self) -> None:
+        response, self.response = self.response, None
+        if response is None:
+            return
+        with trio.move_on_after(CLEANUP_GRACE, shield=True):
+            try:
+                await response.aclose()
+            except (httpx2.HTTPError, OSError):
+                pass
+
+    async def _finish(self, error: WorkerError | None) -> None:
+        """Send `Metrics` (when the stream started) and `End`; log the end."""
+        now = trio.current_time()
+        mapper = self.mapper
+        tokens = mapper.next_index
+        first, last = self.first_token_at, self.last_token_at
+        ttft_ms = (first - self.started_at) * 1000.0 if first is not None else None
+        decode_ms = (last - first) * 1000.0 if first is not None and last is not None else None
+        tlog = self.tlog
+        tlog.tokens_out = tokens
+        tlog.ttft_ms = ttft_ms
+        tlog.decode_time_ms = decode_ms
+        tlog.tokens_in = mapper.prompt_tokens
+        out: list[Event] = []
+        task_id = self.req.task_id
+        if self.started is not None:
+            out.append(
+                Metrics(
+                    task_id=task_id,
+                    ttft_ms=ttft_ms,
+                    decode_time_ms=decode_ms,
+                    duration_ms=(now - self.started_at) * 1000.0,
+                    tokens_out=tokens,
+                    prompt_tokens=mapper.prompt_tokens,
+                    completion_tokens=mapper.completion_tokens,
+                    retries=self.started.attempt - 1,
+                )
+            )
+        if error is None:
+            reason = mapper.finish or "stop"
+            out.append(End(task_id=task_id, reason=reason, tokens_out=tokens))
+        else:
+            info = error.info()
+            out.append(End(task_id=task_id, reason="error", tokens_out=tokens, error=info))
+            tlog.error(
+                f"error {info.kind.value}"
+                f"{f' (status {info.status})' if info.status is not None else ''}: {info.message}",
+                error_kind=info.kind.value,
+                status=info.status,
+                retryable=info.retryable,
+                retry_after_ms=info.retry_after_ms,
+            )
+        end = out[-1]
+        assert isinstance(end, End)
+        tlog.info(
+            f"ended (reason {end.reason}, tokens_out {tokens}, ttft_ms {_ms(ttft_ms)}, "
+            f"decode_time_ms {_ms(decode_ms)})"
+        )
+        await self._emit(out)
+
+
+def _ms(value: float | None) -> str:
+    return "None" if value is None else f"{value:.1f}"

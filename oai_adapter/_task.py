@@ -46,6 +46,15 @@ __all__ = ["CLEANUP_GRACE", "TaskState", "run_task"]
 #: Seconds a shielded cleanup (closing a response) may take before it is abandoned.
 CLEANUP_GRACE: Final = 1.0
 
+#: After the upstream said it finished (`[DONE]`, a finish, a terminal or error event), the
+#: reader reads on to the end of the response — normally the few bytes that end a chunked body,
+#: already in the socket buffer — for at most this many seconds and `_MAX_DRAIN` bytes. A
+#: response read to its end returns its HTTP/1.1 connection to the pool (a response closed
+#: early costs the connection), and httpx2's iterators end normally (closed early, an inner
+#: async generator of httpcore2 is left to the garbage collector, which trio warns about).
+DRAIN_GRACE: Final = 0.25
+_MAX_DRAIN: Final = 64 * 1024
+
 #: Most bytes of an error response body read to find the upstream's message.
 _MAX_ERROR_BODY: Final = 64 * 1024
 
@@ -99,6 +108,7 @@ class _Reader:
     __slots__ = (
         "_chunks_iter",
         "_first_deadline",
+        "_raw",
         "adapter",
         "body",
         "decoder",
@@ -144,6 +154,7 @@ class _Reader:
         self.last_token_at: float | None = None
         self._chunks_iter: AsyncIterator[bytes] | None = None
         self._first_deadline = 0.0
+        self._raw: AsyncIterator[bytes] | None = None  # the open `aiter_raw` generator
 
     # --- the task ------------------------------------------------------------------------
 
@@ -308,7 +319,8 @@ class _Reader:
     # --- pieces --------------------------------------------------------------------------
 
     def _chunks(self, response: httpx2.Response) -> AsyncIterator[bytes]:
-        return response.aiter_raw().__aiter__()
+        chunks = self._raw = response.aiter_raw().__aiter__()
+        return chunks
 
     async def _next_chunk(
         self, chunks: AsyncIterator[bytes], deadline: float, first_token: bool
@@ -365,6 +377,18 @@ class _Reader:
                 self.first_token_at = now
             self.last_token_at = now
 
+    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
+        """Read what is left of a finished response, bounded (see `DRAIN_GRACE`)."""
+        left = _MAX_DRAIN
+        with trio.move_on_after(DRAIN_GRACE):
+            try:
+                async for chunk in chunks:
+                    left -= len(chunk)
+                    if left <= 0:
+                        return
+            except (httpx2.HTTPError, OSError):
+                return
+
     async def _emit(self, batch: list[Event]) -> None:
         try:
             self.send.send_nowait(batch)
@@ -384,13 +408,20 @@ class _Reader:
 
     async def _close_response(self) -> None:
         response, self.response = self.response, None
+        raw, self._raw = self._raw, None
         if response is None:
             return
-        with trio.move_on_after(CLEANUP_GRACE, shield=True):
-            try:
-                await response.aclose()
-            except (httpx2.HTTPError, OSError):
-                pass
+        try:
+            if raw is not None and self.mapper.done:
+                await self._drain(raw)
+        finally:
+            with trio.move_on_after(CLEANUP_GRACE, shield=True):
+                try:
+                    if (aclose := getattr(raw, "aclose", None)) is not None:
+                        await aclose()  # an unfinished async generator is closed, not dropped
+                    await response.aclose()
+                except (httpx2.HTTPError, OSError):
+                    pass
 
     async def _finish(self, error: WorkerError | None) -> None:
         """Send `Metrics` (when the stream started) and `End`; log the end."""

@@ -147,7 +147,7 @@ class _Reader:
         self.started_at = started_at
         self.started: Started | None = None
         self.response: httpx2.Response | None = None
-        self.mapper: Mapper = MAPPERS[adapter.config.api](req.task_id, max_tokens=req.max_tokens)
+        self.mapper: Mapper = MAPPERS[adapter.config.api](req.task_id, max_tokens=_token_limit(req))
         self.decoder = SSEDecoder()
         self.first_token_at: float | None = None
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
@@ -204,7 +204,7 @@ class _Reader:
                 )
                 await trio.sleep(delay)
                 self.mapper = MAPPERS[self.adapter.config.api](
-                    self.req.task_id, max_tokens=self.req.max_tokens
+                    self.req.task_id, max_tokens=_token_limit(self.req)
                 )
                 self.decoder = SSEDecoder()
 
@@ -472,6 +472,12 @@ class _Reader:
             f"decode_time_ms {_ms(decode_ms)})"
         )
         await self._emit(out)
+
+
+def _token_limit(req: TaskRequest) -> int | None:
+    """The output limit the upstream was sent (`extra` is merged last, so it wins)."""
+    limit = (req.extra or {}).get("max_output_tokens", req.max_tokens)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 def _ms(value: float | None) -> str:

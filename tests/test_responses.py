@@ -396,6 +396,18 @@ async def test_responses_limit_ends_with_length_in_each_upstream_shape(
     assert (end.reason, end.tokens_out) == ("length", 3)
 
 
+async def test_responses_limit_given_in_extra_is_honoured_for_completed_at_the_limit(
+    upstream: FakeUpstream,
+) -> None:
+    # llama.cpp flavor: `response.completed` even though the limit was hit (FACTS.md)
+    async with OpenAIAdapter(make_config(upstream, api="responses")) as adapter:
+        req = TaskRequest(task_id="r-x", prompt="hi", extra={"max_output_tokens": 2})
+        events = await collect(adapter, req)
+    end = events[-1]
+    assert isinstance(end, End)
+    assert (end.reason, end.tokens_out) == ("length", 2)
+
+
 async def test_responses_request_body_carries_input_limits_and_extra(
     upstream: FakeUpstream,
 ) -> None:

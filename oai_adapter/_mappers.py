@@ -1,8 +1,9 @@
 """Per-API mappers: SSE events in, adapter events out. Sans-IO (no trio, no httpx2).
 
 A mapper sees the stream's `(event_name, data)` pairs in order and appends `Token`s (and
-`ReasoningDelta`s, `ToolCallDelta`s) to the caller's list; what ends the stream (a finish reason, `[DONE]`, a terminal event), the usage
-counts and an in-stream error are left on the mapper for the adapter to read. It never raises
+`ReasoningDelta`s, `ToolCallDelta`s) to the caller's list; what ends the stream (a finish
+reason, `[DONE]`, a terminal event), the usage counts and an in-stream error are left on the
+mapper for the adapter to read. It never raises
 for anything the upstream sends except bytes that are not the JSON it expects (`ProtocolError`).
 
 Wire types are view Structs naming only the fields read, every field defaulted, unknown fields

@@ -1,6 +1,7 @@
 """oai_adapter — a trio-native adapter for OpenAI-compatible HTTP endpoints.
 
-`submit` streams a completion as ordered events (`Started → Token* → Metrics? → End`),
+`submit` streams a completion as ordered events (`Started → Token* → Metrics? → End`, with
+`ToolCallDelta` and `ReasoningDelta` among the Tokens when the model calls tools or reasons),
 `cancel(task_id)` ends a running task, and `health`, `props` and `engine_version` describe the
 upstream. See DESIGN.md for the contract; everything public is importable from here.
 """
@@ -19,8 +20,10 @@ from ._events import EngineVersion as EngineVersion
 from ._events import Event as Event
 from ._events import HealthStatus as HealthStatus
 from ._events import Metrics as Metrics
+from ._events import ReasoningDelta as ReasoningDelta
 from ._events import Started as Started
 from ._events import Token as Token
+from ._events import ToolCallDelta as ToolCallDelta
 from ._events import WorkerProps as WorkerProps
 from ._redact import Secret as Secret
 from ._stream import EventStream as EventStream
@@ -39,12 +42,14 @@ __all__ = [
     "HealthStatus",
     "Metrics",
     "OpenAIAdapter",
+    "ReasoningDelta",
     "RetryPolicy",
     "Secret",
     "Started",
     "TaskRequest",
     "Timeouts",
     "Token",
+    "ToolCallDelta",
     "WorkerError",
     "WorkerProps",
 ]

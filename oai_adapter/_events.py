@@ -1,6 +1,10 @@
 """The events a task yields, and what the probes return.
 
-A task's stream is `Started Token* Metrics? End` or just `End` (DESIGN.md, "Events"). Events
+A task's stream is `Started (Token | ToolCallDelta | ReasoningDelta)* Metrics? End` or just
+`End` (DESIGN.md, "Events"; the full grammar is in docs/events.md). Text is `Token`; tool-call
+argument deltas and reasoning deltas are their own events, so a consumer that wants only the
+answer's text matches on `Token` and ignores the rest. `Token.index` and `End.tokens_out` count
+Tokens only. Events
 are small frozen msgspec Structs: keyword-only, tagged (`type` names the event when encoded),
 `gc=False` because they hold only strings, numbers and other gc-free Structs, so no cycle can
 form through them.
@@ -21,8 +25,10 @@ __all__ = [
     "Event",
     "HealthStatus",
     "Metrics",
+    "ReasoningDelta",
     "Started",
     "Token",
+    "ToolCallDelta",
     "WorkerProps",
 ]
 
@@ -49,6 +55,30 @@ class Token(_Event, frozen=True, tag="token"):
 
     index: int
     text: str
+
+
+class ToolCallDelta(_Event, frozen=True, tag="tool_call_delta"):
+    """A piece of a tool (function) call, in upstream order.
+
+    `index` says which call of the answer (0, 1, … in order of first appearance; not a count of
+    these events). `call_id` and `name` are repeated on every delta once the upstream has said
+    them (`None` until then). Joining the `arguments` of one index gives the call's arguments
+    as the upstream wrote them (a JSON text when the upstream keeps its promise).
+    """
+
+    index: int
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class ReasoningDelta(_Event, frozen=True, tag="reasoning_delta"):
+    """A non-empty piece of the model's reasoning, in upstream order (no index: order is the
+    stream's). `summary` is True for a reasoning *summary* (Responses'
+    `response.reasoning_summary_text.delta`) rather than the reasoning text itself."""
+
+    text: str
+    summary: bool = False
 
 
 class Metrics(_Event, frozen=True, tag="metrics"):
@@ -78,7 +108,7 @@ class End(_Event, frozen=True, tag="end"):
             raise WorkerError(ErrorKind.CANCELLED, f"task {self.task_id} was cancelled")
 
 
-Event: TypeAlias = Started | Token | Metrics | End
+Event: TypeAlias = Started | Token | ToolCallDelta | ReasoningDelta | Metrics | End
 
 
 class HealthStatus(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -1,8 +1,9 @@
 """Per-API mappers: SSE events in, adapter events out. Sans-IO (no trio, no httpx2).
 
-A mapper sees the stream's `(event_name, data)` pairs in order and appends `Token`s to the
-caller's list; what ends the stream (a finish reason, `[DONE]`, a terminal event), the usage
-counts and an in-stream error are left on the mapper for the adapter to read. It never raises
+A mapper sees the stream's `(event_name, data)` pairs in order and appends `Token`s (and
+`ReasoningDelta`s, `ToolCallDelta`s) to the caller's list; what ends the stream (a finish
+reason, `[DONE]`, a terminal event), the usage counts and an in-stream error are left on the
+mapper for the adapter to read. It never raises
 for anything the upstream sends except bytes that are not the JSON it expects (`ProtocolError`).
 
 Wire types are view Structs naming only the fields read, every field defaulted, unknown fields
@@ -13,18 +14,22 @@ Quirks handled here (FACTS.md, "Streams"): a role-only first delta (`content` nu
 is no Token; usage comes on a `choices: []` chunk, on a `delta: {}` chunk or on the finish
 chunk; an all-zero usage is a placeholder (LiteLLM legacy completions), not a count; `[DONE]`
 may be missing after the finish; a UTF-16 surrogate pair split across two chunks (mock-llm)
-is joined instead of failing the stream.
+is joined instead of failing the stream. Reasoning comes as `delta.reasoning_content`
+(llama.cpp, vLLM, DeepSeek) or `delta.reasoning` (newer vLLM, OpenRouter); tool calls as
+`delta.tool_calls[]` (or the deprecated `delta.function_call`), see `_tools.py`. Within one
+delta the order is reasoning, text, tool calls. The Responses mapper is in `_responses.py`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from ._errors import ErrorKind, WorkerError, _ErrorBody, error_from_event, make_error
-from ._events import EndReason, Event, Token
+from ._events import EndReason, Event, ReasoningDelta, Token
+from ._tools import ToolCalls
 
 __all__ = ["ChatMapper", "Mapper", "ProtocolError", "finish_to_reason"]
 
@@ -36,8 +41,23 @@ class ProtocolError(ValueError):
 # --- wire views ------------------------------------------------------------------------------
 
 
+class _Function(msgspec.Struct, gc=False):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCall(msgspec.Struct, gc=False):
+    index: int = 0
+    id: str | None = None
+    function: _Function | None = None
+
+
 class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | dict[str, Any] | None = None  # OpenRouter may send an object here
+    tool_calls: list[_ToolCall] | None = None
+    function_call: _Function | None = None  # deprecated single-call form
 
 
 class _Choice(msgspec.Struct, gc=False):
@@ -91,13 +111,15 @@ class Mapper:
         "error",
         "events_seen",
         "finish",
+        "max_tokens",
         "next_index",
         "prompt_tokens",
         "task_id",
     )
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, *, max_tokens: int | None = None) -> None:
         self.task_id = task_id
+        self.max_tokens = max_tokens  # the request's limit, for upstreams that don't say "length"
         self.next_index = 0  # index of the next Token
         self.events_seen = 0  # SSE events mapped so far
         self.finish: EndReason | None = None  # how the upstream said it finished
@@ -121,11 +143,12 @@ class Mapper:
 class ChatMapper(Mapper):
     """Chat Completions (`choices[].delta.content`) and legacy Completions (`choices[].text`)."""
 
-    __slots__ = ("_high_surrogate",)
+    __slots__ = ("_high_surrogate", "_tools")
 
-    def __init__(self, task_id: str) -> None:
-        super().__init__(task_id)
+    def __init__(self, task_id: str, *, max_tokens: int | None = None) -> None:
+        super().__init__(task_id, max_tokens=max_tokens)
         self._high_surrogate = ""
+        self._tools: ToolCalls | None = None
 
     def feed(self, name: str, data: bytes, out: list[Event]) -> None:
         self.events_seen += 1
@@ -149,6 +172,10 @@ class ChatMapper(Mapper):
                 if choice.index != 0:
                     continue  # n > 1 is not supported: choice 0 is the answer
                 delta = choice.delta
+                if delta is not None:
+                    reasoning = delta.reasoning_content or delta.reasoning
+                    if reasoning and isinstance(reasoning, str):
+                        out.append(ReasoningDelta(task_id=self.task_id, text=reasoning))
                 text: str | None = delta.content if delta is not None else choice.text
                 if text:
                     if lenient or self._high_surrogate:
@@ -156,12 +183,30 @@ class ChatMapper(Mapper):
                     if text:
                         out.append(Token(task_id=self.task_id, index=self.next_index, text=text))
                         self.next_index += 1
+                if delta is not None and (delta.tool_calls or delta.function_call):
+                    self._tool_deltas(delta, out)
                 if choice.finish_reason:
                     self.finish = finish_to_reason(choice.finish_reason)
         usage = chunk.usage
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             self.prompt_tokens = usage.prompt_tokens
             self.completion_tokens = usage.completion_tokens
+
+    def _tool_deltas(self, delta: _Delta, out: list[Event]) -> None:
+        tools = self._tools
+        if tools is None:
+            tools = self._tools = ToolCalls(self.task_id)
+        for call in delta.tool_calls or ():
+            fn = call.function
+            tools.delta(
+                call.index,
+                out,
+                call_id=call.id,
+                name=fn.name if fn is not None else None,
+                arguments=fn.arguments if fn is not None else None,
+            )
+        if (fn := delta.function_call) is not None:
+            tools.delta("function_call", out, name=fn.name, arguments=fn.arguments)
 
     def _join_surrogates(self, text: str) -> str:
         text = self._high_surrogate + text

@@ -7,11 +7,12 @@ read instead of a channel item per token saves a scheduler round trip per token 
 FACTS.md) and keeps the stream's order, since one task writes the channel.
 
 Deadlines (DESIGN.md, "Configuration"): `total` bounds the whole task, retries and backoff
-included; until the first Token the read deadline is `first_token` after the request was sent
-(headers included), and every read is also bounded by `idle` after the last parsed event. SSE
-comments and keep-alive bytes parse to no event and so do not move the idle deadline; time spent
-blocked on a full channel (a slow consumer) does, since that is backpressure, not upstream
-silence. Connect is bounded by httpx2 (`Timeouts.connect`).
+included; until the first output delta (a Token, or a ReasoningDelta or ToolCallDelta: a
+reasoning model or a tool-call-only answer may stream long before, or without, any text) the
+read deadline is `first_token` after the request was sent (headers included), and every read
+is also bounded by `idle` after the last parsed event. SSE comments and keep-alive bytes parse
+to no event and so do not move the idle deadline; time spent blocked on a full channel (a slow
+consumer) does, since that is backpressure, not upstream silence. Connect is bounded by httpx2 (`Timeouts.connect`).
 
 Invariants: at most one `Started`, and never a retry after it; exactly one `End` unless the
 task was cancelled (then the consumer makes `End(cancelled)`); the upstream response is closed,
@@ -31,6 +32,7 @@ from ._errors import ErrorKind, WorkerError, error_from_status, error_from_trans
 from ._events import End, Event, Metrics, Started
 from ._http import http_version, request_id
 from ._mappers import ChatMapper, Mapper, ProtocolError
+from ._responses import ResponsesMapper
 from ._retry import backoff_delay, retry_after_ms
 from ._sse import SSEDecoder, SSEError
 
@@ -51,7 +53,11 @@ _MAX_DRAIN: Final = 64 * 1024
 #: Most bytes of an error response body read to find the upstream's message.
 _MAX_ERROR_BODY: Final = 64 * 1024
 
-MAPPERS: Final[dict[str, type[Mapper]]] = {"chat": ChatMapper, "completions": ChatMapper}
+MAPPERS: Final[dict[str, type[Mapper]]] = {
+    "chat": ChatMapper,
+    "completions": ChatMapper,
+    "responses": ResponsesMapper,
+}
 
 
 class TaskState:
@@ -104,6 +110,7 @@ class _Reader:
         "headers",
         "last_token_at",
         "mapper",
+        "output_seen",
         "req",
         "response",
         "send",
@@ -134,9 +141,10 @@ class _Reader:
         self.started_at = started_at
         self.started: Started | None = None
         self.response: httpx2.Response | None = None
-        self.mapper: Mapper = MAPPERS[adapter.config.api](req.task_id)
+        self.mapper: Mapper = MAPPERS[adapter.config.api](req.task_id, max_tokens=_token_limit(req))
         self.decoder = SSEDecoder()
         self.first_token_at: float | None = None
+        self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
         self.last_token_at: float | None = None
         self._chunks_iter: AsyncGenerator[bytes, None] | None = None
         self._first_deadline = 0.0
@@ -188,7 +196,9 @@ class _Reader:
                     delay_ms=round(delay * 1000, 3),
                 )
                 await trio.sleep(delay)
-                self.mapper = MAPPERS[self.adapter.config.api](self.req.task_id)
+                self.mapper = MAPPERS[self.adapter.config.api](
+                    self.req.task_id, max_tokens=_token_limit(self.req)
+                )
                 self.decoder = SSEDecoder()
 
     async def _attempt(self, attempt: int) -> None:
@@ -278,7 +288,7 @@ class _Reader:
         last_event = trio.current_time()
         while not mapper.done:
             deadline = last_event + idle
-            first_token = self.first_token_at is None and self._first_deadline <= deadline
+            first_token = not self.output_seen and self._first_deadline <= deadline
             chunk = await self._next_chunk(
                 chunks, self._first_deadline if first_token else deadline, first_token
             )
@@ -297,12 +307,12 @@ class _Reader:
                 last_event = trio.current_time()
         if mapper.error is not None:
             raise _Failed(mapper.error)
-        await self._drain(chunks)
 
     async def _drain(self, chunks: AsyncGenerator[bytes, None]) -> None:
-        """After `[DONE]` (or a terminal event) read what is left of the body — usually just
-        the chunked-encoding terminator — so the connection goes back to the pool instead of
-        being closed. Bounded by `DRAIN_GRACE` and `_MAX_DRAIN`; past them, close it."""
+        """After the upstream said it finished (`[DONE]`, a terminal or an error event) read
+        what is left of the body — usually just the chunked-encoding terminator — so the
+        connection goes back to the pool instead of being closed. Bounded by `DRAIN_GRACE`
+        and `_MAX_DRAIN`; past them the connection is closed."""
         drained = 0
         with trio.move_on_after(DRAIN_GRACE):
             try:
@@ -357,6 +367,7 @@ class _Reader:
     def _map(self, events: list[tuple[str, bytes]], out: list[Event]) -> None:
         mapper = self.mapper
         before = mapper.next_index
+        produced = len(out)
         try:
             for name, data in events:
                 mapper.feed(name, data, out)
@@ -364,6 +375,8 @@ class _Reader:
                     break
         except (ProtocolError, msgspec.ValidationError) as exc:
             raise _Failed(make_error(ErrorKind.PROTOCOL, str(exc))) from exc
+        if len(out) != produced:
+            self.output_seen = True
         if mapper.next_index != before:
             now = trio.current_time()
             if self.first_token_at is None:
@@ -394,14 +407,18 @@ class _Reader:
         chunks, self._chunks_iter = self._chunks_iter, None
         if response is None and chunks is None:
             return
-        with trio.move_on_after(CLEANUP_GRACE, shield=True):
-            try:
-                if chunks is not None:
-                    await chunks.aclose()
-                if response is not None:
-                    await response.aclose()
-            except (httpx2.HTTPError, OSError):
-                pass
+        try:
+            if chunks is not None and self.mapper.done:
+                await self._drain(chunks)  # the upstream said it finished: keep the connection
+        finally:
+            with trio.move_on_after(CLEANUP_GRACE, shield=True):
+                try:
+                    if chunks is not None:
+                        await chunks.aclose()
+                    if response is not None:
+                        await response.aclose()
+                except (httpx2.HTTPError, OSError):
+                    pass
 
     async def _finish(self, error: WorkerError | None) -> None:
         """Send `Metrics` (when the stream started) and `End`; log the end."""
@@ -452,6 +469,12 @@ class _Reader:
             f"decode_time_ms {_ms(decode_ms)})"
         )
         await self._emit(out)
+
+
+def _token_limit(req: TaskRequest) -> int | None:
+    """The output limit the upstream was sent (`extra` is merged last, so it wins)."""
+    limit = (req.extra or {}).get("max_output_tokens", req.max_tokens)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 def _ms(value: float | None) -> str:

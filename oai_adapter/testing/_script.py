@@ -4,6 +4,12 @@ Sans-IO: these build bytes and plans; `_upstream.FakeUpstream` plays them on a s
 a status, headers, and a list of steps — bytes to send, pauses, a reset or a hang — so any fault
 a test needs (a status, a stall before or after the headers, a drip of keep-alive comments, a
 reset after N tokens, malformed bytes, an error event) is a list, not a new server mode.
+
+Stream shapes: `render_stream` (chat and completions, text only), `render_chat_deltas` (chat
+with reasoning and tool-call deltas) and `render_responses_stream` (the Responses API, in the
+shapes of OpenAI — `event:` lines and `type` fields, no `[DONE]`, `response.incomplete` at the
+limit —, of llama.cpp's server — the same frames, but `response.completed` even at the limit —
+and of LiteLLM — `data:` only, `response.incomplete`, then `[DONE]`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ __all__ = [
     "Hang",
     "Reply",
     "Reset",
+    "ResponsesShape",
+    "ScriptedToolCall",
     "Send",
     "Sleep",
     "Step",
     "chat_chunk",
     "completion_chunk",
+    "render_chat_deltas",
+    "render_responses_stream",
     "render_stream",
+    "responses_event",
     "split_words",
     "sse",
 ]
@@ -194,3 +205,236 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     json: Any = field(default=None)
+
+
+# --- tool calls and reasoning (chat) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptedToolCall:
+    """A tool call the upstream streams: its `arguments` fragments, joined, are the arguments."""
+
+    name: str
+    arguments: Sequence[str] = ()
+    call_id: str = "call_0"
+
+
+def render_chat_deltas(
+    tokens: Iterable[str] = (),
+    *,
+    reasoning: Iterable[str] = (),
+    tool_calls: Sequence[ScriptedToolCall] = (),
+    finish: str | None = None,
+    usage: tuple[int, int] | None = None,
+    done: bool = True,
+    model: str = "test-model",
+    reasoning_field: str = "reasoning_content",
+) -> list[Step]:
+    """A chat stream with reasoning, text and tool calls, in that order, as llama.cpp and vLLM
+    send it: reasoning in `delta.reasoning_content` (or `reasoning_field`), each call announced
+    by a delta with its `id`, `type` and `function.name`, then its argument fragments under its
+    `index`. `finish` defaults to `tool_calls` when there are calls, else `stop`."""
+    steps: list[Step] = [Send(sse(chat_chunk("", role=True, model=model)))]
+
+    def delta_chunk(delta: dict[str, Any]) -> dict[str, Any]:
+        chunk = chat_chunk(model=model)
+        chunk["choices"][0]["delta"] = delta
+        return chunk
+
+    for piece in reasoning:
+        steps.append(Send(sse(delta_chunk({reasoning_field: piece}))))
+    for token in tokens:
+        steps.append(Send(sse(chat_chunk(token, model=model))))
+    for i, call in enumerate(tool_calls):
+        head = {"index": i, "id": call.call_id, "type": "function"}
+        head["function"] = {"name": call.name, "arguments": ""}
+        steps.append(Send(sse(delta_chunk({"tool_calls": [head]}))))
+        for fragment in call.arguments:
+            part = {"index": i, "function": {"arguments": fragment}}
+            steps.append(Send(sse(delta_chunk({"tool_calls": [part]}))))
+    if finish is None:
+        finish = "tool_calls" if tool_calls else "stop"
+    steps.append(Send(sse(chat_chunk(None, finish=finish, model=model))))
+    if usage is not None:
+        steps.append(Send(sse(chat_chunk(model=model, usage=usage, empty_choices=True))))
+    if done:
+        steps.append(Send(b"data: [DONE]\n\n"))
+    return steps
+
+
+# --- the Responses API -----------------------------------------------------------------------
+
+ResponsesShape = Literal["openai", "llama.cpp", "litellm"]
+
+
+def responses_event(type_: str, sequence_number: int = 0, **fields: Any) -> dict[str, Any]:
+    """One Responses stream event: its `type`, `sequence_number` and fields."""
+    return {"type": type_, "sequence_number": sequence_number, **fields}
+
+
+def render_responses_stream(
+    tokens: Iterable[str] = (),
+    *,
+    shape: ResponsesShape = "openai",
+    finish: Literal["stop", "length", "content_filter"] = "stop",
+    usage: tuple[int, int] | None = None,
+    reasoning: Iterable[str] = (),
+    tool_calls: Sequence[ScriptedToolCall] = (),
+    model: str = "test-model",
+    pace: float = 0.0,
+    done: bool | None = None,
+) -> list[Step]:
+    """The steps of a Responses stream: created, in_progress, a reasoning item, a message item,
+    function-call items, then the terminal event (see the module header for the shapes).
+
+    `finish="length"` is `response.incomplete` (reason `max_output_tokens`), except in the
+    llama.cpp shape, which says `response.completed`; `content_filter` is always
+    `response.incomplete`. `done` (default: only for LiteLLM) adds `data: [DONE]`. `pace`
+    pauses before each text token.
+    """
+    named = shape != "litellm"
+    steps: list[Step] = []
+    seq = 0
+    rid = "resp_test"
+    output: list[dict[str, Any]] = []
+
+    def emit(type_: str, **fields: Any) -> None:
+        nonlocal seq
+        frame = responses_event(type_, seq, **fields)
+        seq += 1
+        steps.append(Send(sse(frame, event=type_ if named else None)))
+
+    def response(status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "object": "response",
+            "created_at": 1764000000,
+            "model": model,
+            "status": status,
+            "output": list(output),
+            **extra,
+        }
+
+    emit("response.created", response=response("in_progress"))
+    emit("response.in_progress", response=response("in_progress"))
+    reasoning = list(reasoning)
+    if reasoning:
+        idx = len(output)
+        item: dict[str, Any] = {"type": "reasoning", "id": "rs_0", "summary": [], "content": []}
+        emit("response.output_item.added", output_index=idx, item=item)
+        for piece in reasoning:
+            emit(
+                "response.reasoning_text.delta",
+                item_id="rs_0",
+                output_index=idx,
+                content_index=0,
+                delta=piece,
+            )
+        text = "".join(reasoning)
+        emit(
+            "response.reasoning_text.done",
+            item_id="rs_0",
+            output_index=idx,
+            content_index=0,
+            text=text,
+        )
+        item = item | {"content": [{"type": "reasoning_text", "text": text}]}
+        emit("response.output_item.done", output_index=idx, item=item)
+        output.append(item)
+    tokens = list(tokens)
+    if tokens or not tool_calls:
+        idx = len(output)
+        msg: dict[str, Any] = {
+            "type": "message",
+            "id": "msg_0",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": []}
+        emit("response.output_item.added", output_index=idx, item=msg)
+        emit(
+            "response.content_part.added",
+            item_id="msg_0",
+            output_index=idx,
+            content_index=0,
+            part=part,
+        )
+        for token in tokens:
+            if pace:
+                steps.append(Sleep(pace))
+            emit(
+                "response.output_text.delta",
+                item_id="msg_0",
+                output_index=idx,
+                content_index=0,
+                delta=token,
+                logprobs=[],
+            )
+        text = "".join(tokens)
+        emit(
+            "response.output_text.done",
+            item_id="msg_0",
+            output_index=idx,
+            content_index=0,
+            text=text,
+            logprobs=[],
+        )
+        part = part | {"text": text}
+        emit(
+            "response.content_part.done",
+            item_id="msg_0",
+            output_index=idx,
+            content_index=0,
+            part=part,
+        )
+        msg = msg | {"status": "completed", "content": [part]}
+        emit("response.output_item.done", output_index=idx, item=msg)
+        output.append(msg)
+    for i, call in enumerate(tool_calls):
+        idx = len(output)
+        fc: dict[str, Any] = {
+            "type": "function_call",
+            "id": f"fc_{i}",
+            "call_id": call.call_id,
+            "name": call.name,
+            "arguments": "",
+            "status": "in_progress",
+        }
+        emit("response.output_item.added", output_index=idx, item=fc)
+        for fragment in call.arguments:
+            emit(
+                "response.function_call_arguments.delta",
+                item_id=f"fc_{i}",
+                output_index=idx,
+                delta=fragment,
+            )
+        arguments = "".join(call.arguments)
+        emit(
+            "response.function_call_arguments.done",
+            item_id=f"fc_{i}",
+            output_index=idx,
+            arguments=arguments,
+        )
+        fc = fc | {"arguments": arguments, "status": "completed"}
+        emit("response.output_item.done", output_index=idx, item=fc)
+        output.append(fc)
+    extra: dict[str, Any] = {}
+    if usage is not None:
+        p, c = usage
+        extra["usage"] = {
+            "input_tokens": p,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": c,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": p + c,
+        }
+    if finish == "stop" or (finish == "length" and shape == "llama.cpp"):
+        emit("response.completed", response=response("completed", **extra))
+    else:
+        reason = "max_output_tokens" if finish == "length" else "content_filter"
+        details = {"incomplete_details": {"reason": reason}}
+        emit("response.incomplete", response=response("incomplete", **details, **extra))
+    if done if done is not None else shape == "litellm":
+        steps.append(Send(b"data: [DONE]\n\n"))
+    return steps

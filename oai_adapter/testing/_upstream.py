@@ -1,8 +1,9 @@
 """An OpenAI-compatible upstream on loopback, for tests and the demo. HTTP/1.1 on trio + h11.
 
 It is a real server on a real socket (127.0.0.1, port 0 unless told), started with
-`nursery.start(upstream.serve)` or `async with open_upstream() as upstream`. It streams chat
-and legacy completions from a scripted text at a chosen pace, serves the probes real engines
+`nursery.start(upstream.serve)` or `async with open_upstream() as upstream`. It streams chat,
+legacy completions and responses from a scripted text at a chosen pace (responses in the
+flavor's shape: OpenAI's and vLLM's, llama.cpp's or LiteLLM's, see `render_responses_stream`), serves the probes real engines
 have (`/v1/models`, `/health`, `/props`, `/slots`, `/version`, in the shape of llama.cpp's server
 or of vLLM), and plays scripted replies (`script(...)`), one per completion request, so that
 each attempt of a retried task can meet a different fault.
@@ -31,9 +32,11 @@ from ._script import (
     RecordedRequest,
     Reply,
     Reset,
+    ResponsesShape,
     Send,
     Sleep,
     Step,
+    render_responses_stream,
     render_stream,
     split_words,
 )
@@ -48,7 +51,15 @@ DEFAULT_TEXT = (
 _json = msgspec.json.Encoder()
 _MAX_BODY = 1 << 20
 
-Flavor = Literal["llama.cpp", "vllm", "openai"]
+Flavor = Literal["llama.cpp", "vllm", "openai", "litellm"]
+
+#: The Responses stream each flavor sends (vLLM follows OpenAI's shape).
+_RESPONSES_SHAPE: dict[str, ResponsesShape] = {
+    "openai": "openai",
+    "vllm": "openai",
+    "llama.cpp": "llama.cpp",
+    "litellm": "litellm",
+}
 
 
 class FakeUpstream:
@@ -189,7 +200,11 @@ class FakeUpstream:
         self, conn: h11.Connection, stream: trio.abc.Stream, sock: Any, req: RecordedRequest
     ) -> bool:
         path = req.path.split("?", 1)[0]
-        if req.method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+        if req.method == "POST" and path in (
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/responses",
+        ):
             return await self._completion(conn, stream, sock, req, path)
         status, body = self._probe(req, path)
         await self._send_plain(conn, stream, status, body)
@@ -324,10 +339,21 @@ class FakeUpstream:
     def _default_steps(self, req: RecordedRequest, path: str) -> list[Step]:
         body = req.json if isinstance(req.json, dict) else {}
         tokens = self.tokens
-        finish = "stop"
+        finish: Literal["stop", "length"] = "stop"
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        if path.endswith("/responses"):
+            limit = body.get("max_output_tokens")
         if isinstance(limit, int) and 0 < limit < len(tokens):
             tokens, finish = tokens[:limit], "length"
+        if path.endswith("/responses"):
+            return render_responses_stream(
+                tokens,
+                shape=_RESPONSES_SHAPE[self.flavor],
+                finish=finish,
+                usage=(_prompt_tokens(body), len(tokens)),
+                model=self.model,
+                pace=self.pace,
+            )
         usage = None
         options = body.get("stream_options") or {}
         if isinstance(options, dict) and options.get("include_usage"):

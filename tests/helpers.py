@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from oai_adapter import End, Metrics, OpenAIAdapter, Started, TaskRequest, Token
+from oai_adapter import (
+    End,
+    Metrics,
+    OpenAIAdapter,
+    ReasoningDelta,
+    Started,
+    TaskRequest,
+    Token,
+    ToolCallDelta,
+)
 from oai_adapter._events import Event
+
+
+DELTAS = (Token, ReasoningDelta, ToolCallDelta)
 
 
 async def collect(adapter: OpenAIAdapter, req: TaskRequest) -> list[Event]:
@@ -12,7 +24,8 @@ async def collect(adapter: OpenAIAdapter, req: TaskRequest) -> list[Event]:
 
 
 def check_grammar(events: list[Event]) -> None:
-    """`Started Token* Metrics End`, `Started Token* End(cancelled)` or a lone `End`."""
+    """`Started Delta* Metrics End`, `Started Delta* End(cancelled)` or a lone `End`, where a
+    Delta is a `Token`, `ReasoningDelta` or `ToolCallDelta`."""
     assert events, "no events"
     end = events[-1]
     assert isinstance(end, End), f"last event is {end!r}"
@@ -25,10 +38,10 @@ def check_grammar(events: list[Event]) -> None:
         assert sum(isinstance(e, Started) for e in events) == 1
         middle = events[1:-1]
         if end.reason == "cancelled":
-            assert all(isinstance(e, Token) for e in middle)
+            assert all(isinstance(e, DELTAS) for e in middle)
         else:
             assert isinstance(middle[-1], Metrics), "Metrics must precede End after Started"
-            assert all(isinstance(e, Token) for e in middle[:-1])
+            assert all(isinstance(e, DELTAS) for e in middle[:-1])
             assert middle[-1].tokens_out == len(tokens)
     else:
         assert len(events) == 1, f"events before Started: {events}"

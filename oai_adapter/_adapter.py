@@ -49,10 +49,10 @@ class OpenAIAdapter:
         self._upstream: Upstream | None = None
         self._tasks: dict[str, TaskState] = {}
         self._submitted = 0
+        self._telemetry: Telemetry | None = None  # set by `oai_adapter.otel.instrument`
         self.endpoint = config.base_url + endpoint_path(config.api)
         self.engine_version_cache: str | None = None
         self.litellm_version: str | None = None  # from `x-litellm-version` on a stream response
-        self._telemetry: Telemetry | None = None  # set by `oai_adapter.otel.instrument`
 
     # --- lifetime ------------------------------------------------------------------------
 

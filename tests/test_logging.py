@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -72,20 +74,46 @@ TASK = set(TASK_FIELDS)
 TASK_AND_ERROR = TASK | set(ERROR_FIELDS)
 
 
-async def test_library_is_silent_until_the_application_enables_it(
-    adapter: OpenAIAdapter,
-) -> None:
-    got: list[Record] = []
-    sink = logger.add(lambda m: got.append(m.record), level="TRACE")
-    try:
-        await run(adapter, TaskRequest(task_id="quiet", prompt="hi"))
-        assert not [r for r in got if r["name"].startswith("oai_adapter")]
-        logger.enable("oai_adapter")
-        await run(adapter, TaskRequest(task_id="loud", prompt="hi"))
-        assert [r for r in got if r["name"].startswith("oai_adapter")]
-    finally:
-        logger.remove(sink)
-        logger.disable("oai_adapter")
+_SILENT_THEN_ENABLED = """
+import trio
+from loguru import logger
+from oai_adapter import AdapterConfig, OpenAIAdapter, TaskRequest
+from oai_adapter.testing import open_upstream
+
+got = []
+logger.add(lambda m: got.append(m.record["name"]), level="TRACE")
+
+async def task(adapter, task_id):
+    async with adapter.submit(TaskRequest(task_id=task_id, prompt="hi")) as events:
+        async for _ in events:
+            pass
+
+async def main():
+    with trio.fail_after(20):
+        async with open_upstream() as up:
+            config = AdapterConfig(base_url=up.base_url, model=up.model)
+            async with OpenAIAdapter(config) as adapter:
+                await adapter.health()
+                await task(adapter, "quiet")
+                assert not [n for n in got if n.startswith("oai_adapter")], got
+                logger.enable("oai_adapter")
+                await task(adapter, "loud")
+                assert [n for n in got if n.startswith("oai_adapter")], got
+
+trio.run(main)
+"""
+
+
+def test_library_is_silent_until_the_application_enables_it() -> None:
+    """In a fresh interpreter, so no other test's `enable` can hide a missing `disable`."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SILENT_THEN_ENABLED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 async def test_every_record_of_a_task_has_exactly_the_standard_fields(

@@ -240,3 +240,42 @@ async def test_uninstrument_stops_recording_new_tasks(
         uninstrument(adapter)
         await run(adapter, TaskRequest(task_id="2", prompt="hi"))
     assert [dict(s.attributes or {})["oai_adapter.task_id"] for s in otel.spans()] == ["1"]
+
+
+def test_otel_module_all_is_complete_and_sorted() -> None:
+    import oai_adapter.otel as otel_module
+
+    assert list(otel_module.__all__) == sorted(otel_module.__all__)
+    assert {"instrument", "uninstrument", "GenAITelemetry"} == set(otel_module.__all__)
+
+
+class _BrokenTaskTelemetry:
+    def end(self, outcome: object) -> None:
+        raise RuntimeError("exporter down")
+
+
+class _BrokenTelemetry:
+    def start_task(self, config: object, req: object, correlation_id: str) -> _BrokenTaskTelemetry:
+        return _BrokenTaskTelemetry()
+
+
+async def test_a_failing_telemetry_does_not_break_the_task(upstream: FakeUpstream) -> None:
+    from loguru import logger
+
+    got: list[Any] = []
+    logger.enable("oai_adapter")
+    sink = logger.add(lambda m: got.append(m.record), level="WARNING", filter="oai_adapter")
+    try:
+        async with OpenAIAdapter(make_config(upstream)) as adapter:
+            adapter._telemetry = _BrokenTelemetry()
+            events = await run(adapter, TaskRequest(task_id="t", prompt="hi"))
+    finally:
+        logger.remove(sink)
+        logger.disable("oai_adapter")
+    end = events[-1]
+    assert isinstance(end, End)
+    assert end.reason == "stop"
+    (warning,) = got
+    assert warning["message"] == "telemetry failed to record the end of the task"
+    assert warning["exception"] is not None
+    assert warning["extra"]["job_id"] == "t"

@@ -21,6 +21,7 @@ from ._config import AdapterConfig, TaskRequest
 from ._events import EngineVersion, Event, HealthStatus, WorkerProps
 from ._http import Upstream
 from ._log import ENGINE, TaskLog
+from ._observe import Telemetry
 from ._stream import CHANNEL_BATCHES, Submission
 from ._task import CLEANUP_GRACE, TaskState, run_task
 
@@ -48,6 +49,7 @@ class OpenAIAdapter:
         self._upstream: Upstream | None = None
         self._tasks: dict[str, TaskState] = {}
         self._submitted = 0
+        self._telemetry: Telemetry | None = None  # set by `oai_adapter.otel.instrument`
         self.endpoint = config.base_url + endpoint_path(config.api)
         self.engine_version_cache: str | None = None
         self.litellm_version: str | None = None  # from `x-litellm-version` on a stream response
@@ -123,7 +125,10 @@ class OpenAIAdapter:
         started_at = trio.current_time()
         correlation_id = req.correlation_id or uuid.uuid4().hex
         headers = {"x-correlation-id": correlation_id, "accept": "text/event-stream"}
+        telemetry = self._telemetry
         tlog = TaskLog(
+            started_at=started_at,
+            telemetry=telemetry.start_task(config, req, correlation_id) if telemetry else None,
             job_id=req.task_id,
             session_id=req.session_id,
             correlation_id=correlation_id,

@@ -7,21 +7,30 @@ clean its message (OC-ADAPT-OAI-6020). A task's records carry every field of
 on each record by `TaskLog`, so a sink can rely on every key being present.
 
 Narration is one record per step (sent, started, retry, end, cancel, error), never one per
-token: the hot path writes nothing.
+token: the hot path writes nothing. `TaskLog` is also the task's observer: it writes the
+terminal record and reports the outcome to the task's telemetry exactly once (`_observe`).
+The adapter's own records (probes) carry the same keys through `adapter_log`, with the task
+ones `None`. docs/observability.md lists every record and field.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+import trio
 from loguru import logger as _root
 
+from ._observe import TaskOutcome
 from ._redact import redact, redact_value
 
 if TYPE_CHECKING:
     from loguru import Logger, Record
 
-__all__ = ["ENGINE", "TASK_FIELDS", "TaskLog", "log"]
+    from ._adapter import OpenAIAdapter
+    from ._events import End, Metrics
+    from ._observe import TaskTelemetry
+
+__all__ = ["ENGINE", "ERROR_FIELDS", "TASK_FIELDS", "TaskLog", "adapter_log", "log"]
 
 ENGINE: Final = "openai-http"
 
@@ -68,12 +77,39 @@ _root.disable("oai_adapter")
 
 
 class TaskLog:
-    """A task's logger: fixed fields bound once, changing ones given on every record."""
+    """A task's logger and observer: fixed fields bound once, changing ones given on every
+    record, and the task's end reported once (a terminal record and `TaskTelemetry.end`).
 
-    __slots__ = ("_log", "attempt", "decode_time_ms", "tokens_in", "tokens_out", "ttft_ms")
+    Terminal narration: `finished` (the reader made its `End`: ERROR first if it failed, then
+    `ended`), `cancelled` (the consumer got `End(cancelled)`), `closed` (the `submit` block was
+    left; narrates a cancel only when neither of the others happened). A cancel that arrives
+    after the reader finished, while Tokens were still buffered, is narrated by both `ended`
+    and `cancelled`: each is a fact, the upstream's and the consumer's.
+    """
 
-    def __init__(self, **fixed: Any) -> None:
+    __slots__ = (
+        "_log",
+        "_over",
+        "_started_at",
+        "_telemetry",
+        "attempt",
+        "decode_time_ms",
+        "tokens_in",
+        "tokens_out",
+        "ttft_ms",
+    )
+
+    def __init__(
+        self,
+        *,
+        started_at: float = 0.0,
+        telemetry: TaskTelemetry | None = None,
+        **fixed: Any,
+    ) -> None:
         self._log = log.bind(queue_position=None, predicted_start_ms=None, **fixed)
+        self._started_at = started_at
+        self._telemetry = telemetry
+        self._over = False
         self.attempt = 1
         self.tokens_in: int | None = None
         self.tokens_out = 0
@@ -91,15 +127,126 @@ class TaskLog:
 
     # Messages are passed pre-formatted and fields through `bind`: loguru would run
     # `str.format` on a message given keyword arguments, and an upstream's text may hold braces.
+    # `depth=2` names the caller of the public method as the record's origin (module, line),
+    # so a record says where in the library it was written — and the module name stays under
+    # "oai_adapter", which is what `logger.enable`/`disable` match.
+
+    def _write(self, level: str, message: str, extra: dict[str, Any]) -> None:
+        self._log.bind(**self._fields(), **extra).opt(depth=2).log(level, message)
 
     def debug(self, message: str, **extra: Any) -> None:
-        self._log.bind(**self._fields(), **extra).opt(depth=1).debug(message)
+        self._write("DEBUG", message, extra)
 
     def info(self, message: str, **extra: Any) -> None:
-        self._log.bind(**self._fields(), **extra).opt(depth=1).info(message)
+        self._write("INFO", message, extra)
 
     def warning(self, message: str, **extra: Any) -> None:
-        self._log.bind(**self._fields(), **extra).opt(depth=1).warning(message)
+        self._write("WARNING", message, extra)
 
     def error(self, message: str, **extra: Any) -> None:
-        self._log.bind(**self._fields(), **extra).opt(depth=1).error(message)
+        self._write("ERROR", message, extra)
+
+    # --- the task's end ------------------------------------------------------------------
+
+    def finished(self, end: End, metrics: Metrics | None, duration_ms: float) -> None:
+        """The reader made `end` (and `metrics` when the stream started): narrate, report."""
+        self.tokens_out = end.tokens_out
+        if metrics is not None:
+            self.tokens_in = metrics.prompt_tokens
+            self.ttft_ms = metrics.ttft_ms
+            self.decode_time_ms = metrics.decode_time_ms
+        info = end.error
+        if info is not None:
+            self._write(
+                "ERROR",
+                f"error {info.kind.value}"
+                f"{f' (status {info.status})' if info.status is not None else ''}: {info.message}",
+                {
+                    "error_kind": info.kind.value,
+                    "status": info.status,
+                    "retryable": info.retryable,
+                    "retry_after_ms": info.retry_after_ms,
+                },
+            )
+        self._write(
+            "INFO",
+            f"ended (reason {end.reason}, tokens_out {end.tokens_out}, "
+            f"ttft_ms {_ms(self.ttft_ms)}, decode_time_ms {_ms(self.decode_time_ms)})",
+            {},
+        )
+        self._end(
+            TaskOutcome(
+                reason=end.reason,
+                error_kind=info.kind.value if info is not None else None,
+                duration_ms=duration_ms,
+                tokens_out=end.tokens_out,
+                attempts=self.attempt,
+                ttft_ms=self.ttft_ms,
+                decode_time_ms=self.decode_time_ms,
+                prompt_tokens=self.tokens_in,
+                completion_tokens=metrics.completion_tokens if metrics is not None else None,
+            )
+        )
+
+    def cancelled(self, delivered: int) -> None:
+        """The consumer got `End(reason="cancelled")` after `delivered` Tokens."""
+        self.tokens_out = delivered
+        self._write("INFO", f"cancelled ({delivered} tokens delivered before the cancel)", {})
+        self._end_cancelled(delivered)
+
+    def closed(self, delivered: int) -> None:
+        """The `submit` block was left; a task that had not ended was cancelled by leaving."""
+        if self._over:
+            return
+        self.tokens_out = delivered
+        self._write(
+            "INFO",
+            f"cancelled (the consumer left the submit block; {delivered} tokens delivered)",
+            {},
+        )
+        self._end_cancelled(delivered)
+
+    def _end_cancelled(self, delivered: int) -> None:
+        self._end(
+            TaskOutcome(
+                reason="cancelled",
+                error_kind="CANCELLED",
+                duration_ms=(trio.current_time() - self._started_at) * 1000.0,
+                tokens_out=delivered,
+                attempts=self.attempt,
+            )
+        )
+
+    def _end(self, outcome: TaskOutcome) -> None:
+        if self._over:
+            return
+        self._over = True
+        telemetry, self._telemetry = self._telemetry, None
+        if telemetry is not None:
+            try:
+                telemetry.end(outcome)
+            except Exception as exc:  # a broken exporter must not break the task
+                self._log.bind(**self._fields()).opt(exception=exc).warning(
+                    "telemetry failed to record the end of the task"
+                )
+
+
+def adapter_log(adapter: OpenAIAdapter, **extra: Any) -> Logger:
+    """A logger for the adapter's own records (the probes): the task fields are all present,
+    `None` where they belong to a task, so one schema serves every record of the library."""
+    config = adapter.config
+    fields: dict[str, Any] = dict.fromkeys(TASK_FIELDS)
+    fields.update(
+        engine=ENGINE,
+        engine_version=adapter.engine_version_cache,
+        pool_id=config.pool_id,
+        replica_id=config.replica_id,
+        model=config.model,
+        api=config.api,
+    )
+    fields.update(extra)
+    return log.bind(**fields)
+
+
+def _ms(value: float | None) -> str:
+    return "None" if value is None else f"{value:.1f}"

@@ -19,7 +19,7 @@ import trio
 
 from ._errors import RETRYABLE, WorkerError, error_from_status, error_from_transport
 from ._events import EngineVersion, HealthStatus, WorkerProps
-from ._log import log
+from ._log import adapter_log
 from ._retry import backoff_delay, retry_after_ms
 
 if TYPE_CHECKING:
@@ -75,7 +75,15 @@ async def _get(adapter: OpenAIAdapter, url: str) -> _Answer:
             if error.kind not in RETRYABLE or attempt >= policy.max_attempts:
                 raise error
             delay = backoff_delay(policy, attempt, error.retry_after_ms)
-            log.warning(
+            adapter_log(
+                adapter,
+                probe=httpx2.URL(url).path,
+                attempt=attempt,
+                error_kind=error.kind.value,
+                status=error.status,
+                retryable=error.retryable,
+                retry_after_ms=error.retry_after_ms,
+            ).warning(
                 f"probe {url} attempt {attempt} failed ({error.kind.value}: {error.message}), "
                 f"retrying in {delay * 1000:.0f} ms"
             )
@@ -185,7 +193,7 @@ async def probe_props(adapter: OpenAIAdapter) -> WorkerProps:
                 m[0]: float(m[1]) for m in _METRIC.findall(metrics.body.decode("utf-8", "replace"))
             }
             if "vllm:num_requests_running" in values:
-                log.debug(f"vLLM metrics: {values}")
+                adapter_log(adapter, probe="/metrics").debug(f"vLLM metrics: {values}")
     if model is None or context_length is None:
         models = await _try_get(adapter, up.url("/models"))
         if (

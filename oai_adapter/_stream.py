@@ -114,8 +114,7 @@ class EventStream:
         self._pos = 0
         await self._state.done.wait()  # the reader has closed the upstream response
         self._close()
-        self._tlog.tokens_out = self._delivered
-        self._tlog.info(f"cancelled ({self._delivered} tokens delivered before the cancel)")
+        self._tlog.cancelled(self._delivered)
         return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
 
     def _close(self) -> None:
@@ -145,6 +144,7 @@ class Submission:
             nursery = await cm.__aenter__()
         except BaseException:
             adapter._unregister(state)
+            tlog.closed(0)
             raise
         self._nursery_cm = cm
         nursery.start_soon(start_reader)
@@ -173,5 +173,6 @@ class Submission:
         finally:
             if self._stream is not None:
                 self._stream._receive.close()
+                self._stream._tlog.closed(self._stream.tokens_delivered)
             self._adapter._unregister(state)
         return None

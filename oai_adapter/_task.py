@@ -193,7 +193,6 @@ class _Reader:
                     status=error.status,
                     retryable=error.retryable,
                     retry_after_ms=error.retry_after_ms,
-                    delay_ms=round(delay * 1000, 3),
                 )
                 await trio.sleep(delay)
                 self.mapper = MAPPERS[self.adapter.config.api](
@@ -421,53 +420,35 @@ class _Reader:
                     pass
 
     async def _finish(self, error: WorkerError | None) -> None:
-        """Send `Metrics` (when the stream started) and `End`; log the end."""
+        """Send `Metrics` (when the stream started) and `End`; narrate and report the end."""
         now = trio.current_time()
         mapper = self.mapper
         tokens = mapper.next_index
         first, last = self.first_token_at, self.last_token_at
         ttft_ms = (first - self.started_at) * 1000.0 if first is not None else None
         decode_ms = (last - first) * 1000.0 if first is not None and last is not None else None
-        tlog = self.tlog
-        tlog.tokens_out = tokens
-        tlog.ttft_ms = ttft_ms
-        tlog.decode_time_ms = decode_ms
-        tlog.tokens_in = mapper.prompt_tokens
+        duration_ms = (now - self.started_at) * 1000.0
         out: list[Event] = []
         task_id = self.req.task_id
+        metrics: Metrics | None = None
         if self.started is not None:
-            out.append(
-                Metrics(
-                    task_id=task_id,
-                    ttft_ms=ttft_ms,
-                    decode_time_ms=decode_ms,
-                    duration_ms=(now - self.started_at) * 1000.0,
-                    tokens_out=tokens,
-                    prompt_tokens=mapper.prompt_tokens,
-                    completion_tokens=mapper.completion_tokens,
-                    retries=self.started.attempt - 1,
-                )
+            metrics = Metrics(
+                task_id=task_id,
+                ttft_ms=ttft_ms,
+                decode_time_ms=decode_ms,
+                duration_ms=duration_ms,
+                tokens_out=tokens,
+                prompt_tokens=mapper.prompt_tokens,
+                completion_tokens=mapper.completion_tokens,
+                retries=self.started.attempt - 1,
             )
+            out.append(metrics)
         if error is None:
-            reason = mapper.finish or "stop"
-            out.append(End(task_id=task_id, reason=reason, tokens_out=tokens))
+            end = End(task_id=task_id, reason=mapper.finish or "stop", tokens_out=tokens)
         else:
-            info = error.info()
-            out.append(End(task_id=task_id, reason="error", tokens_out=tokens, error=info))
-            tlog.error(
-                f"error {info.kind.value}"
-                f"{f' (status {info.status})' if info.status is not None else ''}: {info.message}",
-                error_kind=info.kind.value,
-                status=info.status,
-                retryable=info.retryable,
-                retry_after_ms=info.retry_after_ms,
-            )
-        end = out[-1]
-        assert isinstance(end, End)
-        tlog.info(
-            f"ended (reason {end.reason}, tokens_out {tokens}, ttft_ms {_ms(ttft_ms)}, "
-            f"decode_time_ms {_ms(decode_ms)})"
-        )
+            end = End(task_id=task_id, reason="error", tokens_out=tokens, error=error.info())
+        out.append(end)
+        self.tlog.finished(end, metrics, duration_ms)
         await self._emit(out)
 
 
@@ -475,7 +456,3 @@ def _token_limit(req: TaskRequest) -> int | None:
     """The output limit the upstream was sent (`extra` is merged last, so it wins)."""
     limit = (req.extra or {}).get("max_output_tokens", req.max_tokens)
     return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
-
-
-def _ms(value: float | None) -> str:
-    return "None" if value is None else f"{value:.1f}"

@@ -14,7 +14,6 @@ from oai_adapter import (
 )
 from oai_adapter._events import Event
 
-
 DELTAS = (Token, ReasoningDelta, ToolCallDelta)
 
 

@@ -1,0 +1,52 @@
+"""OpenTelemetry for an adapter: GenAI semantic-convention metrics and a span per task.
+
+Opt in per adapter, with the `oai-adapter[otel]` extra installed::
+
+    from oai_adapter.otel import instrument
+
+    async with OpenAIAdapter(config) as adapter:
+        instrument(adapter)  # the global providers, or meter_provider=/tracer_provider=
+        ...
+
+Only this module imports opentelemetry; `import oai_adapter` does not. What is recorded, and
+when, is in `oai_adapter._otel` and docs/observability.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+try:
+    from ._otel import GenAITelemetry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "oai_adapter.otel needs OpenTelemetry: pip install 'oai-adapter[otel]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from ._adapter import OpenAIAdapter
+
+__all__ = ["GenAITelemetry", "instrument", "uninstrument"]
+
+
+def instrument(
+    adapter: OpenAIAdapter,
+    *,
+    meter_provider: MeterProvider | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> GenAITelemetry:
+    """Record every task `adapter` submits from now on; returns the telemetry installed.
+
+    `None` providers mean OpenTelemetry's global ones. Tasks already running are not recorded.
+    """
+    telemetry = GenAITelemetry(meter_provider=meter_provider, tracer_provider=tracer_provider)
+    adapter._telemetry = telemetry
+    return telemetry
+
+
+def uninstrument(adapter: OpenAIAdapter) -> None:
+    """Stop recording tasks that `adapter` submits from now on (running ones still end theirs)."""
+    adapter._telemetry = None

@@ -106,10 +106,14 @@ class Upstream:
     ) -> httpx2.Request:
         target = httpx2.URL(url)
         self.check_egress(target)
-        hdrs: dict[str, str] = {**self._auth_header(), **(headers or {})}
+        hdrs: dict[str, str] = dict(headers or {})
         if json is not None:
             hdrs["content-type"] = "application/json"
-        return self.client.build_request(method, target, content=json, headers=hdrs)
+        request = self.client.build_request(method, target, content=json, headers=hdrs)
+        # Added last, into the request's own headers (whose repr masks it): no local variable
+        # of any frame holds the key, so a traceback printed with its locals cannot show it.
+        request.headers.update(self._auth_header())
+        return request
 
     async def send(self, request: httpx2.Request, *, stream: bool) -> httpx2.Response:
         """Send; a redirect is never followed (the caller sees the 3xx and maps it)."""

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trustme
 from conftest import IO_DEADLINE, make_config
+from loguru import logger
 
 from oai_adapter import End, ErrorKind, Event, OpenAIAdapter, TaskRequest, Token, WorkerError
 from oai_adapter._http import Upstream
@@ -381,3 +382,35 @@ async def test_allowed_hosts_can_name_more_hosts_and_the_base_url_host_is_used(
     async with OpenAIAdapter(config) as adapter:
         events = await run(adapter)
     assert end_of(events).reason == "stop"
+
+
+async def test_no_frame_local_holds_the_key_when_building_a_request_fails(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A traceback printed with its frames' locals (loguru's diagnose, the application's own
+    # logger) must not show the Authorization header the failing frame was building.
+    key = "local-key-0f1e2d3c4b5a69788796a5b4"
+    client = Upstream(make_config(upstream, api_key=key))
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="TRACE", backtrace=True, diagnose=True)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("client refused to build the request")
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(client.client, "build_request", broken)
+            try:
+                client.build_request("POST", client.url("/chat/completions"), json=b"{}")
+            except RuntimeError:
+                logger.exception("the application logs it")  # root logger: no patcher
+        request = client.build_request("POST", client.url("/chat/completions"), json=b"{}")
+    finally:
+        logger.remove(sink)
+        await client.aclose()
+    assert lines
+    assert "client refused" in lines[0]
+    assert key not in lines[0]
+    # and the request that is built carries the header, masked in its repr
+    assert request.headers["authorization"] == f"Bearer {key}"
+    assert key not in repr(request.headers)

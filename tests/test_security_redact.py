@@ -5,6 +5,7 @@ record, and no record at ERROR or above carries headers."""
 from __future__ import annotations
 
 import json
+import re
 import string
 import urllib.parse
 from collections.abc import Iterator
@@ -98,6 +99,61 @@ def test_equal_secrets_are_each_redacted_while_alive() -> None:
     del first
     assert key not in redact(f"echo {key}")
     assert second.fingerprint in redact(f"echo {key}")
+
+
+#: Words that sit near credentials, mixed with ordinary ones: where over-redaction would hide.
+_VOCABULARY = st.sampled_from(
+    [
+        "Bearer",
+        "bearer",
+        "Basic",
+        "basic",
+        "Authorization",
+        "api_key",
+        "api-key",
+        "x-api-key",
+        "password",
+        "token",
+        "tokens_out",
+        "sk-",
+        "sk-proj-",
+        "http://",
+        "https://",
+        "user",
+        "@",
+        ":",
+        "=",
+        "'",
+        '"',
+        "{",
+        "}",
+        ",",
+        "the",
+        "usage",
+        "of",
+        "model",
+        "gpt-4o-mini",
+        "attempt",
+        "1",
+        "429",
+        "abcdefgh12345678",
+        "task-1234",
+        "None",
+    ]
+)
+_SEPARATORS = st.sampled_from(["", " ", ": ", "=", "\n", ", "])
+
+
+@given(st.lists(st.tuples(_VOCABULARY | st.text(max_size=6), _SEPARATORS), max_size=30))
+def test_redaction_only_replaces_whitespace_free_spans_with_fingerprints(
+    parts: list[tuple[str, str]],
+) -> None:
+    # Whatever redaction decides is a credential, everything else is kept, in order: the
+    # output is the input with some whitespace-free spans replaced by `****<fp6>`.
+    text = "".join(word + sep for word, sep in parts)
+    out = redact(text)
+    pieces = re.split(r"\*\*\*\*[0-9a-f]{6}", out)
+    assert re.fullmatch(r"\S+?".join(re.escape(p) for p in pieces), text, re.DOTALL)
 
 
 @given(text=st.text(max_size=300))

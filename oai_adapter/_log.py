@@ -22,7 +22,7 @@ from ._redact import redact, redact_value
 if TYPE_CHECKING:
     from loguru import Logger, Record
 
-__all__ = ["ENGINE", "HEADERS_DROPPED", "TASK_FIELDS", "TaskLog", "log"]
+__all__ = ["ENGINE", "TASK_FIELDS", "TaskLog", "log"]
 
 ENGINE: Final = "openai-http"
 

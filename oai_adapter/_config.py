@@ -3,20 +3,25 @@
 A bad value raises `ValueError` naming the field and the reason. Every timeout is finite and
 positive (OC-ADAPT-OAI-6002): there is no "wait forever" setting. TLS verification has no
 switch (6021); proxies come only from `proxy`; nothing is read from the environment unless
-the caller asks for it with `AdapterConfig.from_env()`.
+the caller asks for it with `AdapterConfig.from_env()`. Credentials live only in `api_key` (a
+`Secret`): a `base_url` with `user:password@` and a credential header in `headers`
+(`x-api-key`, `api-key`, `cookie`…) are refused, and `repr` redacts a proxy URL's password.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx2
 
-from ._redact import Secret
+from ._redact import Secret, is_credential_name, redact
+from ._tls import build_ssl_context
 
 __all__ = ["AdapterConfig", "RetryPolicy", "TaskRequest", "Timeouts"]
 
@@ -139,8 +144,15 @@ class AdapterConfig:
             raise ValueError("AdapterConfig.timeouts: must be a Timeouts")
         if not isinstance(self.retry, RetryPolicy):
             raise ValueError("AdapterConfig.retry: must be a RetryPolicy")
-        if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
-            raise ValueError(f"AdapterConfig.ca_bundle: no such file {self.ca_bundle!r}")
+        if self.ca_bundle is not None:
+            if not isinstance(self.ca_bundle, str) or not os.path.isfile(self.ca_bundle):
+                raise ValueError(f"AdapterConfig.ca_bundle: no such file {self.ca_bundle!r}")
+            try:
+                build_ssl_context(self.ca_bundle)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"AdapterConfig.ca_bundle: not a PEM file of CA certificates ({exc})"
+                ) from None
         if self.proxy is not None:
             proxy = _parse_url("proxy", self.proxy, allow_credentials=True)
             set_(self, "proxy", str(proxy))
@@ -149,6 +161,8 @@ class AdapterConfig:
             hosts = frozenset({url.host})
         elif isinstance(hosts, str) or not isinstance(hosts, Sequence | frozenset | set):
             raise ValueError("AdapterConfig.allowed_hosts: must be a collection of host names")
+        if not all(isinstance(h, str) for h in hosts):
+            raise ValueError("AdapterConfig.allowed_hosts: host names must be str")
         hosts = frozenset(h.strip().lower().strip("[]") for h in hosts)
         if not hosts or "" in hosts:
             raise ValueError("AdapterConfig.allowed_hosts: must name at least one host")
@@ -187,6 +201,11 @@ class AdapterConfig:
     def host(self) -> str:
         return httpx2.URL(self.base_url).host
 
+    def __repr__(self) -> str:
+        # `api_key` shows its fingerprint; redaction also hides a proxy URL's password.
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return redact(f"AdapterConfig({fields})")
+
 
 def _parse_url(name: str, value: object, *, allow_credentials: bool = False) -> httpx2.URL:
     if not isinstance(value, str) or not value.strip():
@@ -219,6 +238,11 @@ def _check_headers(headers: object) -> Mapping[str, str]:
             raise ValueError(f"AdapterConfig.headers: {k!r} has a control character")
         if k.lower() in _RESERVED_HEADERS:
             raise ValueError(f"AdapterConfig.headers: {k!r} is set by the adapter")
+        if is_credential_name(k):
+            raise ValueError(
+                f"AdapterConfig.headers: {k!r} carries a credential; give the key as api_key "
+                "(headers are plain strings, so they would show in repr, logs and pickles)"
+            )
         clean[k] = v
     return FrozenMap(clean)
 

@@ -60,6 +60,12 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     retryable: bool = False
     retry_after_ms: int | None = None
 
+    def __post_init__(self) -> None:
+        # Also when built or decoded by a caller: a message never carries a secret.
+        cleaned = redact(self.message)
+        if cleaned != self.message:
+            msgspec.structs.force_setattr(self, "message", cleaned)
+
     def to_exception(self) -> WorkerError:
         return WorkerError(
             self.kind,
@@ -237,7 +243,8 @@ def error_from_event(
 
 
 def _clip(message: str) -> str:
-    message = " ".join(message.split())
+    # Redact before clipping: a key cut in two by the limit would no longer be recognised.
+    message = " ".join(redact(message).split())
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return message

@@ -3,7 +3,8 @@
 Everything above talks to the upstream through `Upstream.open_stream()` and `Upstream.get()`.
 The client is built with `trust_env=False` (no `HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`,
 `SSL_CERT_*` or `.netrc`), verification always on (`ca_bundle` adds a private CA; there is no
-switch to turn it off), redirects never followed, and a proxy only when the config names one
+switch to turn it off; `_tls` builds the context without reading `SSL_CERT_*`), redirects
+never followed, and a proxy only when the config names one
 (OC-ADAPT-OAI-6021). Every request's host is checked against `allowed_hosts` before a byte is
 sent. The API key is read in one place: `_auth_header()`.
 
@@ -13,7 +14,6 @@ adapter's own trio deadlines (first token, idle, total), which know what a parse
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from typing import Final
 
@@ -21,6 +21,7 @@ import httpx2
 
 from ._config import AdapterConfig
 from ._errors import ErrorKind, make_error
+from ._tls import build_ssl_context
 from ._transport import ClosingTransport
 
 __all__ = ["Upstream", "build_ssl_context"]
@@ -31,22 +32,17 @@ REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-litellm-call-id", 
 _USER_AGENT: Final = "oai-adapter/0.1"
 
 
-def build_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """A verifying context: the system store, plus `ca_bundle` when given."""
-    ctx = ssl.create_default_context()
-    if ca_bundle is not None:
-        ctx.load_verify_locations(cafile=ca_bundle)
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 class Upstream:
     """One endpoint: the shared client, the base URL, and the policy every request obeys."""
 
     def __init__(
         self, config: AdapterConfig, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> None:
+        if config.api_key is not None and config.api_key.dropped:
+            raise ValueError(
+                f"AdapterConfig.api_key: {config.api_key} was dropped when the config was "
+                "pickled; give the key again, e.g. dataclasses.replace(config, api_key=...)"
+            )
         self.config = config
         self.base_url = config.base_url
         limits = httpx2.Limits(
@@ -115,10 +111,14 @@ class Upstream:
     ) -> httpx2.Request:
         target = httpx2.URL(url)
         self.check_egress(target)
-        hdrs: dict[str, str] = {**self._auth_header(), **(headers or {})}
+        hdrs: dict[str, str] = dict(headers or {})
         if json is not None:
             hdrs["content-type"] = "application/json"
-        return self.client.build_request(method, target, content=json, headers=hdrs)
+        request = self.client.build_request(method, target, content=json, headers=hdrs)
+        # Added last, into the request's own headers (whose repr masks it): no local variable
+        # of any frame holds the key, so a traceback printed with its locals cannot show it.
+        request.headers.update(self._auth_header())
+        return request
 
     async def send(self, request: httpx2.Request, *, stream: bool) -> httpx2.Response:
         """Send; a redirect is never followed (the caller sees the 3xx and maps it)."""

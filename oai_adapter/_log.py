@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+import httpx2
 import trio
 from loguru import logger as _root
 
@@ -58,17 +59,42 @@ TASK_FIELDS: Final = (
 ERROR_FIELDS: Final = ("error_kind", "status", "retryable", "retry_after_ms")
 
 
+#: Records at this level (loguru's ERROR) and above never carry request or response headers.
+_ERROR_LEVEL: Final = 40
+
+#: What a header-like `extra` holds on an ERROR+ record instead of the headers.
+HEADERS_DROPPED: Final = "(headers are not logged at ERROR or above)"
+
+
+def _is_headers(name: str, value: Any) -> bool:
+    return "header" in name.lower() or isinstance(
+        value, httpx2.Headers | httpx2.Request | httpx2.Response
+    )
+
+
 def _redact_record(record: Record) -> None:
+    """The patcher: runs on every record of `log`, after loguru has formatted the message.
+
+    The message and every `extra` value are redacted (`redact_value`: a `Secret` or any value
+    under a credential-like name becomes its fingerprint, other objects their redacted `str`,
+    so no sink ever formats an object we did not check). On ERROR and above, an `extra` that is
+    or names headers is replaced by `HEADERS_DROPPED` (OC-ADAPT-OAI-6020). An exception is
+    replaced by one carrying its redacted text and no traceback: loguru's `diagnose` would print
+    the frames' local variables, and a frame that built the Authorization header holds the key.
+    """
     record["message"] = redact(record["message"])
     extra = record["extra"]
+    error = record["level"].no >= _ERROR_LEVEL
     for key, value in extra.items():
-        if value is not None and not isinstance(value, int | float | bool):
-            extra[key] = redact_value(value)
+        if error and _is_headers(key, value):
+            extra[key] = HEADERS_DROPPED
+        else:
+            extra[key] = redact_value(value, key)
     exc = record["exception"]
-    if exc is not None and exc.value is not None:
-        cleaned = redact_value(exc.value)
-        if str(cleaned) != str(exc.value):
-            record["exception"] = type(exc)(type(cleaned), cleaned, None)
+    if exc is not None:
+        cleaned = redact_value(exc.value) if exc.value is not None else None
+        kind = type(cleaned) if cleaned is not None else exc.type
+        record["exception"] = type(exc)(kind, cleaned, None)
 
 
 #: The library's logger. Disabled until the application enables "oai_adapter".

@@ -298,7 +298,8 @@ class _Reader:
     # --- pieces --------------------------------------------------------------------------
 
     def _chunks(self, response: httpx2.Response) -> AsyncIterator[bytes]:
-        return response.aiter_raw().__aiter__()
+        self._chunks_iter = chunks = response.aiter_raw().__aiter__()
+        return chunks
 
     async def _next_chunk(
         self, chunks: AsyncIterator[bytes], deadline: float, first_token: bool
@@ -370,11 +371,18 @@ class _Reader:
         return bytes(body[:_MAX_ERROR_BODY])
 
     async def _close_response(self) -> None:
+        # The body iterator is an async generator: close it here, in this task, rather than
+        # leave it to the garbage collector (which finalizes it outside any task and reports
+        # "Exception ignored in: <async_generator Response.aiter_raw>").
         response, self.response = self.response, None
+        chunks, self._chunks_iter = self._chunks_iter, None
         if response is None:
             return
         with trio.move_on_after(CLEANUP_GRACE, shield=True):
             try:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
                 await response.aclose()
             except (httpx2.HTTPError, OSError):
                 pass

@@ -41,9 +41,9 @@ Invariants:
   (WORKER_RESET).
 - GOAWAY: no new streams on that connection; streams above `last_stream_id` fail as "not
   processed" (safe to retry); the others finish. h2 4.x treats a received GOAWAY as the end of
-  the connection and refuses the frames that follow, so `_on_goaway` puts its state machine back
-  to open (the one place we reach inside h2; h2 is pinned `<5` and `tests/test_http2.py`'s GOAWAY
-  test guards it).
+  the connection and refuses the frames that follow, so `_H2Client` puts its state machine back
+  to open as it reads the GOAWAY (the one place we reach inside h2; h2 is pinned `<5` and
+  `tests/test_http2.py`'s GOAWAY test guards it).
 
 TLS: ALPN offers `h2` and `http/1.1`; an origin that picks HTTP/1.1 is remembered and served
 by the HTTP/1.1 transport given as `http1` (the handshake is repeated once). `http://` origins
@@ -67,6 +67,7 @@ import h2.exceptions
 import h2.settings
 import httpx2
 import trio
+from hyperframe.frame import Frame, GoAwayFrame
 
 __all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Statistics", "H2Transport"]
 
@@ -101,6 +102,25 @@ class H2Statistics:
     streams_total: int
     resets_sent: int
     unread_bytes: int  # received, buffered, not yet read by a response's consumer
+
+
+class _H2Client(h2.connection.H2Connection):
+    """h2's connection, but a received GOAWAY does not end it (module header, "GOAWAY").
+
+    h2 4.x moves to CLOSED on GOAWAY and then rejects every frame, even in the same read, and it
+    drops what is queued to send (a RST_STREAM, a WINDOW_UPDATE). Both overrides are tiny; h2 is
+    pinned `<5` and `test_goaway_mid_stream_*` fails if they stop working.
+    """
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        frames, events = super()._receive_goaway_frame(frame)
+        self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        return frames, events
+
+    def clear_outbound_data_buffer(self) -> None:
+        """Keep what is queued: h2 calls this only on a received GOAWAY."""
 
 
 class _Stream:
@@ -168,7 +188,7 @@ class _Connection:
         self.max_streams = max_streams
         self.write_timeout = write_timeout
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = _H2Client(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -352,10 +372,7 @@ class _Connection:
                     httpx2.ReadError,
                     f"the server sent GOAWAY ({code}) before processing the stream",
                 )
-        if any(s.id <= last and not s.ended and s.error is None for s in self.streams.values()):
-            # Keep reading the streams the server promised to finish (module header).
-            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
-        else:
+        if not any(s.id <= last and not s.ended and s.error is None for s in self.streams.values()):
             self._stop(f"the server sent GOAWAY ({code})")
         self._slots.unpark_all()
 

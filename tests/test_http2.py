@@ -37,6 +37,7 @@ from oai_adapter.testing import (
     Reset,
     ResetStream,
     Send,
+    UpdateSettings,
     chat_chunk,
     render_stream,
     split_words,
@@ -513,13 +514,37 @@ async def test_closing_the_adapter_sends_goaway_and_ends_connection_tasks(
     h2up: H2Upstream,
 ) -> None:
     with trio.fail_after(IO_DEADLINE):
+        me = trio.lowlevel.current_task()
+        before = list(me.child_nurseries)
         async with OpenAIAdapter(h2config(h2up)) as adapter:
             await collect(adapter, "t")
             transport = transport_of(adapter)
             assert transport.statistics().connections == 1
+            (transport_nursery,) = set(me.child_nurseries) - set(before)
+            assert transport_nursery.child_tasks  # the connection's tasks live here
         assert transport.statistics().connections == 0
+        assert me.child_nurseries == before  # no task outlives the adapter
         await h2up.wait_frames(1)
     assert [f.kind for f in h2up.frames] == ["GOAWAY"]
+
+
+async def test_cancelling_a_scope_around_the_adapter_ends_its_connections(
+    h2up: H2Upstream,
+) -> None:
+    h2up.script(hanging_stream())
+    me = trio.lowlevel.current_task()
+    before = list(me.child_nurseries)
+    with trio.fail_after(IO_DEADLINE):
+        with trio.CancelScope() as scope:
+            async with OpenAIAdapter(h2config(h2up)) as adapter:
+                async with adapter.submit(TaskRequest(task_id="t", prompt="hi")) as events:
+                    async for ev in events:
+                        if isinstance(ev, Token):
+                            scope.cancel()
+        assert scope.cancelled_caught
+        assert me.child_nurseries == before
+        while h2up.connections_open:
+            await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_transport_used_without_entering_refuses() -> None:
@@ -530,3 +555,45 @@ async def test_transport_used_without_entering_refuses() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         await client.get("http://127.0.0.1:1/")
     await client.aclose()
+
+
+async def test_peer_refusing_a_stream_before_headers_is_retried(h2up: H2Upstream) -> None:
+    h2up.script(Reply(steps=[ResetStream(h2.errors.ErrorCodes.REFUSED_STREAM)]))
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(h2config(h2up)) as adapter:
+            events = await collect(adapter, "t")
+    started = events[0]
+    assert isinstance(started, Started)
+    assert started.attempt == 2
+    assert text_of(events) == DEFAULT_TEXT
+    assert h2up.connections_total == 1
+
+
+async def test_lowered_max_concurrent_streams_mid_connection_is_honoured(
+    h2up: H2Upstream,
+) -> None:
+    """The peer starts at 100 streams and lowers its limit to 1 in a SETTINGS frame sent
+    with a response; the five concurrent tasks that follow share one slot."""
+    steps = render_stream("chat", split_words(DEFAULT_TEXT))
+    h2up.script(Reply(steps=[UpdateSettings(max_concurrent_streams=1), *steps]))
+    gate = trio.Event()
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(h2config(h2up)) as adapter:
+            first = await collect(adapter, "first")
+            h2up.peak_streams = 0
+            h2up.script(*[held_stream(gate)] * 5)
+            results: list[list[object]] = []
+
+            async def run(i: int) -> None:
+                results.append(await collect(adapter, f"t{i}"))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(5):
+                    nursery.start_soon(run, i)
+                await h2up.wait_streams(2)
+                gate.set()
+    assert text_of(first) == DEFAULT_TEXT
+    assert len(results) == 5
+    assert all(text_of(events) == DEFAULT_TEXT for events in results)
+    assert h2up.peak_streams == 1
+    assert h2up.connections_total == 1

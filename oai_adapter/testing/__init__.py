@@ -7,6 +7,7 @@ from ._h2upstream import GoAway as GoAway
 from ._h2upstream import H2Upstream as H2Upstream
 from ._h2upstream import RecordedFrame as RecordedFrame
 from ._h2upstream import ResetStream as ResetStream
+from ._h2upstream import UpdateSettings as UpdateSettings
 from ._h2upstream import open_h2_upstream as open_h2_upstream
 from ._script import Hang as Hang
 from ._script import RecordedRequest as RecordedRequest
@@ -39,6 +40,7 @@ __all__ = [
     "Send",
     "Sleep",
     "Step",
+    "UpdateSettings",
     "chat_chunk",
     "completion_chunk",
     "open_h2_upstream",

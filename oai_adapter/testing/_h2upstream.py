@@ -4,9 +4,10 @@ spoken with `h2` over cleartext (prior knowledge, h2c) or TLS with ALPN `h2`.
 It serves the same replies and probes (it is a `FakeUpstream`; only the connection handling
 differs) and adds what HTTP/2 tests need: a record of the frames the client sent that matter
 (`frames`: RST_STREAM with its stream id and error code, GOAWAY), a configurable
-`max_concurrent_streams`, and three more steps for a reply — `GoAway` (GOAWAY mid-stream, then
-finish the streams it covers and close), `ResetStream` (RST_STREAM on this stream) and `Gate`
-(wait for a trio Event, to hold streams open together). A last `Send` carries END_STREAM on its
+`max_concurrent_streams`, and more steps for a reply — `GoAway` (GOAWAY mid-stream, then
+finish the streams it covers and close), `ResetStream` (RST_STREAM on this stream; as the first
+step, before the headers), `UpdateSettings` (a SETTINGS frame mid-connection) and `Gate` (wait
+for a trio Event, to hold streams open together). A last `Send` carries END_STREAM on its
 DATA frame, so a client that stops at `[DONE]` has seen the end and has nothing to reset.
 `stream_ids` maps each request's `x-correlation-id` to its stream id.
 
@@ -37,7 +38,15 @@ from hyperframe.frame import GoAwayFrame
 from ._script import Hang, RecordedRequest, Reply, Reset, Send, Sleep
 from ._upstream import _MAX_BODY, FakeUpstream, _abort
 
-__all__ = ["Gate", "GoAway", "H2Upstream", "RecordedFrame", "ResetStream", "open_h2_upstream"]
+__all__ = [
+    "Gate",
+    "GoAway",
+    "H2Upstream",
+    "RecordedFrame",
+    "ResetStream",
+    "UpdateSettings",
+    "open_h2_upstream",
+]
 
 _json = msgspec.json.Encoder()
 
@@ -56,6 +65,23 @@ class ResetStream:
     """Reset this stream (RST_STREAM) with `error_code`, default INTERNAL_ERROR."""
 
     error_code: int = h2.errors.ErrorCodes.INTERNAL_ERROR
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """Send a SETTINGS frame mid-connection (`None`: leave that setting as it is)."""
+
+    max_concurrent_streams: int | None = None
+    initial_window_size: int | None = None
+
+    def apply(self, conn: _Conn) -> None:
+        codes = h2.settings.SettingCodes
+        new = {
+            codes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+            codes.INITIAL_WINDOW_SIZE: self.initial_window_size,
+        }
+        conn.h2.update_settings({k: v for k, v in new.items() if v is not None})
+        conn.wake()
 
 
 @dataclass(frozen=True)
@@ -329,6 +355,14 @@ class H2Upstream(FakeUpstream):
         steps: list[Any] = (
             list(reply.steps) if reply.steps is not None else self._default_steps(req, path)
         )
+        while steps and isinstance(steps[0], ResetStream | UpdateSettings):
+            step = steps.pop(0)  # before the headers: a refused stream, or new settings
+            if isinstance(step, UpdateSettings):
+                step.apply(conn)
+            else:
+                conn.h2.reset_stream(sid, step.error_code)
+                conn.wake()
+                return
         hdrs = [
             (":status", str(reply.status)),
             ("content-type", reply.content_type or "text/event-stream"),
@@ -366,6 +400,8 @@ class H2Upstream(FakeUpstream):
                         if other > last_id:
                             other_scope.cancel()  # not processed, as the GOAWAY says
                     conn.wake()
+                elif isinstance(step, UpdateSettings):
+                    step.apply(conn)
                 elif isinstance(step, ResetStream):
                     conn.h2.reset_stream(sid, step.error_code)
                     conn.wake()

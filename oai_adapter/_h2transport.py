@@ -405,7 +405,10 @@ class _Connection:
         except h2.exceptions.NoAvailableStreamIDError:
             self.close_soon()
             return None
-        self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as exc:  # e.g. a header h2 refuses to send
+            raise httpx2.LocalProtocolError(f"HTTP/2 request refused: {exc}") from exc
         stream = self.streams[stream_id] = _Stream(stream_id)
         self.streams_total += 1
         self._wake_writer()
@@ -430,11 +433,17 @@ class _Connection:
                 if window <= 0:
                     await self._window.park()
                     continue
-                self.h2.send_data(stream.id, bytes(view[:window]))
+                try:
+                    self.h2.send_data(stream.id, bytes(view[:window]))
+                except h2.exceptions.ProtocolError as exc:
+                    raise httpx2.WriteError(f"HTTP/2 request body not sent: {exc}") from exc
                 view = view[window:]
                 self._wake_writer()
         stream.raise_error()
-        self.h2.end_stream(stream.id)
+        try:
+            self.h2.end_stream(stream.id)
+        except h2.exceptions.ProtocolError as exc:
+            raise httpx2.WriteError(f"HTTP/2 request not ended: {exc}") from exc
         self._wake_writer()
 
     def consume(self, stream: _Stream) -> bytes:
@@ -697,34 +706,34 @@ class H2Transport(httpx2.AsyncBaseTransport):
                 del self._connections[conn.origin]
 
     async def _connect(self, origin: _Origin, deadline: float) -> trio.abc.Stream | None:
-        """A TCP (h2c) or TLS (ALPN h2) stream; `None` when TLS negotiated HTTP/1.1."""
+        """A TCP (h2c) or TLS (ALPN h2) stream; `None` when TLS negotiated HTTP/1.1. The socket
+        is closed on every way out but success (an error, a timeout, a cancel)."""
         scheme, host, port = origin
         sock: trio.abc.Stream | None = None
+        result: trio.abc.Stream | None = None
         try:
             with trio.fail_at(deadline):
                 sock = await trio.open_tcp_stream(host, port)
                 if scheme == "http":
-                    return sock
-                tls = trio.SSLStream(
+                    result = sock
+                    return result
+                tls = sock = trio.SSLStream(
                     sock, self._ssl_context, server_hostname=host, https_compatible=True
                 )
-                sock = tls
                 await tls.do_handshake()
-                if tls.selected_alpn_protocol() == "h2":
-                    return tls
-                if self._http1 is None:
-                    raise httpx2.ConnectError(f"{host}:{port} does not offer HTTP/2 (ALPN)")
-                await trio.aclose_forcefully(tls)
-                sock = None
-                return None
+            if tls.selected_alpn_protocol() == "h2":
+                result = tls
+                return result
+            if self._http1 is None:
+                raise httpx2.ConnectError(f"{host}:{port} does not offer HTTP/2 (ALPN)")
+            return None
         except trio.TooSlowError:
-            if sock is not None:
-                await trio.aclose_forcefully(sock)
             raise httpx2.ConnectTimeout(f"connect to {host}:{port} timed out") from None
         except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-            if sock is not None:
-                await trio.aclose_forcefully(sock)
             raise httpx2.ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
+        finally:
+            if sock is not None and result is None:
+                await trio.aclose_forcefully(sock)
 
 
 def _request_headers(request: httpx2.Request) -> list[tuple[bytes, bytes]]:

@@ -166,6 +166,25 @@ async def test_http2_false_stays_http11(upstream: FakeUpstream) -> None:
     assert events[0].http_version == "HTTP/1.1"
 
 
+async def test_probes_work_over_http2(h2up: H2Upstream) -> None:
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(h2config(h2up)) as adapter:
+            health = await adapter.health()
+            props = await adapter.props()
+    assert health.ready
+    assert props.slots_total == h2up.slots
+    assert h2up.connections_total == 1
+    assert all(r.method == "GET" for r in h2up.requests)
+
+
+async def test_http2_through_a_configured_proxy_uses_the_http11_client() -> None:
+    config = AdapterConfig(
+        base_url="https://example.invalid/v1", model="m", http2=True, proxy="http://127.0.0.1:1"
+    )
+    async with OpenAIAdapter(config) as adapter:
+        assert adapter.upstream.transport is None  # httpx2's own proxy transport, HTTP/1.1
+
+
 # --- cancel → RST_STREAM(CANCEL) for exactly that stream ------------------------------------
 
 

@@ -415,6 +415,7 @@ async def test_no_stream_slot_drift_after_1000_cancels(nursery: trio.Nursery) ->
             assert transport_of(adapter).statistics().streams_open == 0
     assert text_of(final) == DEFAULT_TEXT
     assert upstream.connections_total == 1
+    assert upstream.streams_open == 0  # the server stopped every cancelled stream
     resets = upstream.resets()
     assert len(resets) == 1000
     assert {code for _, code in resets} == {CANCEL}

@@ -23,7 +23,7 @@ from ._http import Upstream
 from ._log import ENGINE, TaskLog
 from ._observe import Telemetry
 from ._stream import CHANNEL_BATCHES, Submission
-from ._task import CLEANUP_GRACE, TaskState, run_task
+from ._task import TaskState, run_task
 
 __all__ = ["AdapterStatistics", "OpenAIAdapter"]
 
@@ -59,7 +59,9 @@ class OpenAIAdapter:
     async def __aenter__(self) -> OpenAIAdapter:
         if self._upstream is not None:
             raise RuntimeError("this OpenAIAdapter is already open")
-        self._upstream = Upstream(self.config, transport=self._transport)
+        upstream = Upstream(self.config, transport=self._transport)
+        await upstream.open()  # the HTTP/2 transport's connection tasks live in its nursery
+        self._upstream = upstream
         return self
 
     async def __aexit__(
@@ -71,11 +73,11 @@ class OpenAIAdapter:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the shared client (and every pooled connection)."""
+        """Close the shared client (and every pooled connection). Call it from the task that
+        opened the adapter (`__aexit__` does): it exits the client's transport nursery."""
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
-            with trio.move_on_after(CLEANUP_GRACE, shield=True):
-                await upstream.aclose()
+            await upstream.aclose()  # bounded and shielded inside; see `Upstream.aclose`
 
     @property
     def upstream(self) -> Upstream:

@@ -8,6 +8,12 @@ never followed, and a proxy only when the config names one
 (OC-ADAPT-OAI-6021). Every request's host is checked against `allowed_hosts` before a byte is
 sent. The API key is read in one place: `_auth_header()`.
 
+HTTP/2 (`http2=True`) goes through our own transport, `_h2transport.H2Transport`, because
+httpcore2's sends no RST_STREAM when a stream is closed early (docs/http2.md); HTTP/1.1 stays
+on httpx2's pool. Through a configured proxy the client speaks HTTP/1.1 (our transport does no
+CONNECT tunnelling, and httpcore2's HTTP/2 would not cancel). The client is entered
+(`open()`), so that the transport's connection tasks live in a nursery of the adapter's block.
+
 Timeouts: httpx2 bounds connect (`Timeouts.connect`) and each write; reads are bounded by the
 adapter's own trio deadlines (first token, idle, total), which know what a parsed event is.
 """
@@ -18,9 +24,11 @@ from collections.abc import Mapping
 from typing import Final
 
 import httpx2
+import trio
 
 from ._config import AdapterConfig
 from ._errors import ErrorKind, make_error
+from ._h2transport import H2Transport
 from ._tls import build_ssl_context
 from ._transport import ClosingTransport
 
@@ -30,6 +38,9 @@ __all__ = ["Upstream", "build_ssl_context"]
 REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-litellm-call-id", "x-trace-id")
 
 _USER_AGENT: Final = "oai-adapter/0.1"
+
+#: Seconds closing the client may take (as `_task.CLEANUP_GRACE`).
+_CLOSE_GRACE: Final = 1.0
 
 
 class Upstream:
@@ -45,6 +56,7 @@ class Upstream:
             )
         self.config = config
         self.base_url = config.base_url
+        self._entered = False
         limits = httpx2.Limits(
             max_connections=config.max_connections,
             max_keepalive_connections=config.max_connections,
@@ -61,15 +73,32 @@ class Upstream:
             "accept-encoding": "identity",
             **dict(config.headers),
         }
-        if transport is None:
+        if transport is None and config.http2 and config.proxy is None:
+            transport = H2Transport(
+                ssl_context=build_ssl_context(config.ca_bundle),
+                connect_timeout=config.timeouts.connect,
+                write_timeout=config.timeouts.idle,
+                max_streams=config.max_connections,
+                http1=ClosingTransport(  # for a TLS origin that picks HTTP/1.1 in ALPN
+                    verify=build_ssl_context(config.ca_bundle),
+                    http1=True,
+                    http2=False,
+                    limits=limits,
+                    trust_env=False,
+                ),
+            )
+        elif transport is None:
+            # HTTP/1.1, also for http2=True through a proxy: our HTTP/2 transport has no
+            # CONNECT tunnel, and httpcore2's HTTP/2 sends no RST_STREAM (docs/http2.md).
             transport = ClosingTransport(
                 verify=build_ssl_context(config.ca_bundle),
                 http1=True,
-                http2=config.http2,
+                http2=False,
                 limits=limits,
                 proxy=config.proxy,
                 trust_env=False,
             )
+        self.transport = transport
         self.client = httpx2.AsyncClient(
             timeout=timeout,
             trust_env=False,
@@ -78,8 +107,21 @@ class Upstream:
             transport=transport,
         )
 
+    async def open(self) -> None:
+        """Enter the client (and so its transport's nursery); `aclose()` in the same task."""
+        await self.client.__aenter__()
+        self._entered = True
+
     async def aclose(self) -> None:
-        await self.client.aclose()
+        """Close the client. With our HTTP/2 transport this exits its nursery, so it runs in no
+        cancel scope of its own (trio's scopes close in LIFO order); the transport bounds its
+        own cleanup. Otherwise the close is shielded and bounded here."""
+        entered, self._entered = self._entered, False
+        if entered and isinstance(self.transport, H2Transport):
+            await self.client.__aexit__(None, None, None)
+            return
+        with trio.move_on_after(_CLOSE_GRACE, shield=True):
+            await self.client.aclose()
 
     def url(self, path: str) -> str:
         return self.base_url + path

@@ -1,6 +1,15 @@
 """An OpenAI-compatible upstream for tests and demos: a real server on loopback that streams
-chat, completions and responses and plays scripted faults. See `FakeUpstream`."""
+chat, completions and responses and plays scripted faults. See `FakeUpstream` (HTTP/1.1) and
+`H2Upstream` (HTTP/2: h2c or TLS with ALPN, with a record of the RST_STREAM and GOAWAY frames it
+received)."""
 
+from ._h2upstream import Gate as Gate
+from ._h2upstream import GoAway as GoAway
+from ._h2upstream import H2Upstream as H2Upstream
+from ._h2upstream import RecordedFrame as RecordedFrame
+from ._h2upstream import ResetStream as ResetStream
+from ._h2upstream import UpdateSettings as UpdateSettings
+from ._h2upstream import open_h2_upstream as open_h2_upstream
 from ._script import Hang as Hang
 from ._script import RecordedRequest as RecordedRequest
 from ._script import Reply as Reply
@@ -25,17 +34,24 @@ from ._upstream import open_upstream as open_upstream
 __all__ = [
     "DEFAULT_TEXT",
     "FakeUpstream",
+    "Gate",
+    "GoAway",
+    "H2Upstream",
     "Hang",
+    "RecordedFrame",
     "RecordedRequest",
     "Reply",
     "Reset",
+    "ResetStream",
     "ResponsesShape",
     "ScriptedToolCall",
     "Send",
     "Sleep",
     "Step",
+    "UpdateSettings",
     "chat_chunk",
     "completion_chunk",
+    "open_h2_upstream",
     "open_upstream",
     "render_chat_deltas",
     "render_responses_stream",

@@ -170,14 +170,16 @@ class Upstream:
         """A small GET (probes): the body is read in full, at most `_MAX_PROBE_BYTES`."""
         request = self.build_request("GET", url, headers={"accept": "application/json"})
         response = await self.send(request, stream=True)
+        chunks = response.aiter_raw()
         try:
             body = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in chunks:
                 body += chunk
                 if len(body) > _MAX_PROBE_BYTES:
                     break
             response._content = bytes(body[:_MAX_PROBE_BYTES])
         finally:
+            await chunks.aclose()  # closed here, not left to the garbage collector
             await response.aclose()
         return response
 

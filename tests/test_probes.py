@@ -160,3 +160,19 @@ async def test_health_fallback_while_loading_is_not_ready(nursery: trio.Nursery)
             health = await adapter.health()
     assert health.live
     assert not health.ready
+
+
+async def test_a_probe_body_over_the_cap_is_cut_and_closed(nursery: trio.Nursery) -> None:
+    up = await start(nursery)
+    big = {
+        "object": "list",
+        "data": [{"id": f"model-{i:07d}", "pad": "x" * 200} for i in range(6000)],
+    }
+    up.probe_overrides["/v1/models"] = (200, big)  # about 1.4 MiB: over the 1 MiB cap
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    # The cut body is not JSON any more: live (it answered), not ready, and nothing leaked
+    # (an unclosed body generator would be a ResourceWarning, an error here).
+    assert health.live
+    assert not health.ready

@@ -98,6 +98,7 @@ class FakeUpstream:
         self.streams_open = 0
         self.disconnects = 0
         self.disconnected = trio.Event()
+        self.probe_overrides: dict[str, tuple[int, Any]] = {}  # path -> (status, JSON body)
         self.missing = set(missing)  # probe paths answered with 404, e.g. {"/v1/models"}
         self.loading = False  # answer probes and completions with llama.cpp's 503 "Loading model"
 
@@ -233,6 +234,8 @@ class FakeUpstream:
         ok, token = self._authorized(req)
         if req.method != "GET" or path in self.missing:
             return 404, not_found
+        if path in self.probe_overrides:
+            return self.probe_overrides[path]
         if path == "/health":
             if self.flavor == "openai":
                 return 404, not_found

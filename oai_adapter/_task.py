@@ -44,6 +44,13 @@ __all__ = ["CLEANUP_GRACE", "TaskState", "run_task"]
 #: Seconds a shielded cleanup (closing a response) may take before it is abandoned.
 CLEANUP_GRACE: Final = 1.0
 
+#: After the upstream said it finished (`[DONE]`, a finish event, an error event), how long and
+#: how many bytes we read on to reach the response's end (usually the chunked terminator, in
+#: the same packet): a response read to its end returns its connection to the pool, and
+#: httpx2's nested byte iterators finish instead of being left to the garbage collector.
+DRAIN_GRACE: Final = 0.1
+_MAX_DRAIN: Final = 64 * 1024
+
 #: Most bytes of an error response body read to find the upstream's message.
 _MAX_ERROR_BODY: Final = 64 * 1024
 
@@ -169,6 +176,8 @@ class _Reader:
                 return
             except _Failed as failed:
                 error = failed.error
+                if self.mapper.done:
+                    await self._drain()
                 await self._close_response()
                 if not error.retryable or attempt >= policy.max_attempts:
                     raise
@@ -222,7 +231,7 @@ class _Reader:
                 )
             # Accepted only once the first event is known not to be an error.
             out: list[Event] = []
-            chunks = self._chunks(response)
+            chunks = self._chunks_iter = self._chunks(response)
             while self.mapper.events_seen == 0:
                 idle_deadline = sent_at + timeouts.idle
                 chunk = await self._next_chunk(
@@ -273,6 +282,7 @@ class _Reader:
         assert chunks is not None
         mapper = self.mapper
         last_event = trio.current_time()
+        eof = False
         while not mapper.done:
             deadline = last_event + idle
             first_token = self.first_token_at is None and self._first_deadline <= deadline
@@ -281,6 +291,7 @@ class _Reader:
             )
             out: list[Event] = []
             if chunk is None:
+                eof = True
                 self._feed_eof(out)
                 if out:
                     await self._emit(out)
@@ -292,6 +303,8 @@ class _Reader:
             if out:
                 await self._emit(out)
                 last_event = trio.current_time()
+        if not eof:
+            await self._drain()
         if mapper.error is not None:
             raise _Failed(mapper.error)
 
@@ -369,12 +382,34 @@ class _Reader:
             pass
         return bytes(body[:_MAX_ERROR_BODY])
 
+    async def _drain(self) -> None:
+        """Read on to the response's end, bounded by `DRAIN_GRACE` and `_MAX_DRAIN` (see there).
+        A timeout here finishes the byte iterators too: the cancel unwinds through them."""
+        chunks = self._chunks_iter
+        if chunks is None:
+            return
+        received = 0
+        with trio.move_on_after(DRAIN_GRACE):
+            try:
+                while received <= _MAX_DRAIN:
+                    received += len(await chunks.__anext__())
+            except StopAsyncIteration:
+                self._chunks_iter = None  # exhausted: nothing left to close
+            except (httpx2.HTTPError, OSError):
+                pass
+
     async def _close_response(self) -> None:
         response, self.response = self.response, None
+        chunks, self._chunks_iter = self._chunks_iter, None
         if response is None:
             return
         with trio.move_on_after(CLEANUP_GRACE, shield=True):
             try:
+                # Close the byte iterator (an async generator) first: left to the garbage
+                # collector, it warns (ResourceWarning) when the stream ended before EOF.
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
                 await response.aclose()
             except (httpx2.HTTPError, OSError):
                 pass

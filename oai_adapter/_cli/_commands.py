@@ -311,15 +311,21 @@ def _describe_props(props: WorkerProps) -> str:
     return ", ".join(parts) or "not reported by this upstream"
 
 
-async def _check_stream(args: argparse.Namespace, api: Api) -> tuple[CheckRow, bool]:
-    """A short stream on `api`. The bool says whether the api is supported."""
+async def _check_stream(
+    args: argparse.Namespace, api: Api, adapter: OpenAIAdapter | None = None
+) -> tuple[CheckRow, bool]:
+    """A short stream on `api` (through `adapter` when given, else a new one). The bool says
+    whether the api is supported."""
     name = f"stream {api}"
     try:
-        config = make_config(args, api)
         req = TaskRequest(task_id=f"check-{api}", prompt=args.prompt, max_tokens=args.max_tokens)
-        async with OpenAIAdapter(config) as adapter:
+        if adapter is not None:
             result = await consume(adapter, req)
             leaked = adapter.running()
+        else:
+            async with OpenAIAdapter(make_config(args, api)) as own:
+                result = await consume(own, req)
+                leaked = own.running()
     except Exception as exc:  # report, do not crash: one row per failure
         return CheckRow(name, "fail", describe_exception(exc)), False
     end = result.end
@@ -376,25 +382,34 @@ async def _check_cancel(args: argparse.Namespace, api: Api) -> CheckRow:
 
 async def collect_checks(args: argparse.Namespace) -> list[CheckRow]:
     rows: list[CheckRow] = []
-    config = make_config(args, "chat")
-    async with OpenAIAdapter(config) as adapter:
+    supported: list[Api] = []
+    async with OpenAIAdapter(make_config(args, "chat")) as adapter:
         health = await adapter.health()
         status = "pass" if health.live and health.ready else "fail"
         rows.append(CheckRow("health", status, health.detail))
         if not health.live:
             return rows
         rows.append(CheckRow("props", "pass", _describe_props(await adapter.props())))
+        # The chat stream goes first, through this adapter: LiteLLM names its version only in
+        # a header of a completion response, which the version probe below can then use.
+        row, ok = await _check_stream(args, "chat", adapter)
+        stream_rows = [row]
+        if ok and row.status == "pass":
+            supported.append("chat")
         version = await adapter.engine_version()
-        detail = f"{version.engine} {version.version}"
+        if version.version == "unknown":
+            detail = "unknown (the upstream does not say)"
+        else:
+            detail = f"{version.engine} {version.version}"
         if version.server:
             detail += f" (server: {version.server})"
         rows.append(CheckRow("engine version", "pass", detail))
-    supported: list[Api] = []
-    for api in APIS:
+    for api in APIS[1:]:
         row, ok = await _check_stream(args, api)
-        rows.append(row)
+        stream_rows.append(row)
         if ok and row.status == "pass":
             supported.append(api)
+    rows.extend(stream_rows)
     if supported:
         rows.append(await _check_cancel(args, supported[0]))
     else:

@@ -176,3 +176,20 @@ def test_litellm_unknown_model_is_a_400_invalid_params() -> None:
     error = error_from_status(400, _raw("unknown-model-400.json"))
     assert error.kind is ErrorKind.INVALID_PARAMS
     assert "Invalid model name passed in model=no-such-model" in error.message
+
+
+def test_litellm_string_status_code_in_an_error_event_keeps_its_status() -> None:
+    # LiteLLM writes the HTTP status as a string ("500", "404", "400" in every body captured).
+    mapped = _map(_raw("mock-responses.sse"))
+    assert mapped.mapper.error is not None
+    assert mapped.mapper.error.status == 500
+
+
+def test_string_429_as_the_first_event_is_an_admission_reject_worth_retrying() -> None:
+    raw = b'data: {"error": {"message": "slow down", "type": "throttled", "code": "429"}}\n\n'
+    mapped = _map(raw)
+    error = mapped.mapper.error
+    assert error is not None
+    assert error.kind is ErrorKind.ADMISSION_REJECT
+    assert error.retryable
+    assert error.status == 429

@@ -19,15 +19,20 @@ test *ARGS: setup
 
 # ruff + mypy strict.
 lint: setup
-    {{uv}} run --locked --quiet ruff check oai_adapter tests benchmarks
-    {{uv}} run --locked --quiet ruff format --check oai_adapter tests benchmarks
+    {{uv}} run --locked --quiet ruff check oai_adapter tests benchmarks compat
+    {{uv}} run --locked --quiet ruff format --check oai_adapter tests benchmarks compat
     {{uv}} run --locked --quiet mypy
 
 # Reformat the code.
 fmt: setup
-    {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks
-    {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks
+    {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks compat
+    {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks compat
 
 # Benchmarks: print figures and ratios (never asserted in tests).
 bench: setup
     {{uv}} run --locked --quiet python benchmarks/run_all.py
+
+# Real third-party server (LiteLLM's proxy, own venv .venv-compat) on loopback: `oai-adapter check`
+# against it, raw streams saved in .compat-out/. Slow the first time; not part of `just test`.
+compat: setup
+    bash compat/run.sh

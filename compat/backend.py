@@ -19,7 +19,7 @@ async def main(port_file: Path) -> None:
     upstream = FakeUpstream(model="compat-backend", pace=0.005, flavor="openai")
     async with trio.open_nursery() as nursery:
         await nursery.start(upstream.serve)
-        port_file.write_text(str(upstream.port))
+        await trio.Path(port_file).write_text(str(upstream.port))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ fmt: setup
 bench: setup
     {{uv}} run --locked --quiet python benchmarks/run_all.py
 
-# Real third-party server (LiteLLM's proxy, own venv .venv-compat) on loopback: `oai-adapter check`
-# against it, raw streams saved in .compat-out/. Slow the first time; not part of `just test`.
+# LiteLLM's proxy (a real third-party server, own venv .venv-compat) on loopback + `oai-adapter check` (slow; not in `just test`).
 compat: setup
     bash compat/run.sh

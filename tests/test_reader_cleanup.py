@@ -37,3 +37,29 @@ async def test_tasks_in_a_row_reuse_one_pooled_connection(
                     pass
     assert len(upstream.completion_requests()) == 3
     assert upstream.connections_total == 1  # each response was read to its end
+
+
+async def test_test_upstream_keeps_a_request_that_arrives_while_it_streams(
+    nursery: trio.Nursery,
+) -> None:
+    # The next request on a reused connection can arrive before the previous response's
+    # stream task has stopped watching the socket; it must be served, not swallowed.
+    server = FakeUpstream(tokens=["a", "b", "c"], pace=0.01)
+    await nursery.start(server.serve)
+    body = b'{"model":"test-model","stream":true,"prompt":"Hi"}'
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with trio.fail_after(IO_DEADLINE):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(request)
+        received = await stream.receive_some(65536)  # the first response has begun
+        await stream.send_all(request)  # pipelined: arrives while the first one streams
+        while received.count(b"data: [DONE]") < 2:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "the server closed the connection"
+            received += chunk
+        await stream.aclose()
+    assert received.count(b"HTTP/1.1 200") == 2
+    assert len(server.completion_requests()) == 2

@@ -35,3 +35,7 @@ bench: setup
 # LiteLLM's proxy (a real third-party server, own venv .venv-compat) on loopback + `oai-adapter check` (slow; not in `just test`).
 compat: setup
     bash compat/run.sh
+
+# llama.cpp (llama-cpp-python[server], own venv; compiles llama.cpp the first time) with a tiny local GGUF + `oai-adapter check`.
+compat-llama: setup
+    bash compat/run_llama.sh

@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+import oai_adapter
 from oai_adapter import End, Metrics, Started, Token
 from oai_adapter._cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
 from oai_adapter._cli._commands import (
@@ -92,6 +93,13 @@ def test_help_on_each_command_exits_0_and_names_the_command(
     out = capsys.readouterr().out
     assert out.startswith(f"usage: oai-adapter {' '.join(command)}".rstrip())
     assert "OPENAI_API_KEY" in out  # where the key comes from is on every page
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"oai-adapter {oai_adapter.__version__}\n"
 
 
 def test_missing_required_option_is_a_usage_error_exit_2(

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream completions from OpenAI-compatible endpoints through oai_adapter.",
         epilog=_EPILOG,
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"oai-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(

@@ -19,11 +19,15 @@ from oai_adapter._mappers import ChatMapper
 from oai_adapter._sse import SSEDecoder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "litellm-1.108.7"
+LLAMA = Path(__file__).parent / "fixtures" / "llama-cpp-python-0.3.36"
 
 #: What the test upstream behind LiteLLM streamed (`max_tokens: 8` of DEFAULT_TEXT).
 BACKEND_TEXT = "Trio makes structured concurrency feel natural: every task"
 #: LiteLLM's `mock_response` in `compat/litellm.yaml.in`.
 MOCK_TEXT = "Hello from the mock! This reply is streamed by LiteLLM itself."
+
+#: What the tiny GGUF model says (compat/make_tiny_gguf.py), with llama.cpp's leading space.
+TINY_TEXT = " Trio makes structured concurrency feel natural: every task has a parent."
 
 #: Chunk sizes each stream is fed in (None: the whole body as one read).
 CHUNKINGS = [None, 1, 7, 64]
@@ -41,6 +45,10 @@ class Mapped:
 
 def _raw(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
+
+
+def _llama(name: str) -> bytes:
+    return (LLAMA / name).read_bytes()
 
 
 def _map(raw: bytes, chunk: int | None = None) -> Mapped:
@@ -73,9 +81,12 @@ def _map(raw: bytes, chunk: int | None = None) -> Mapped:
         ("completions-nousage.sse", BACKEND_TEXT),
         ("mock-chat.sse", MOCK_TEXT),
         ("mock-completions.sse", MOCK_TEXT),
+        ("../llama-cpp-python-0.3.36/chat-usage.sse", " ".join(TINY_TEXT.split(" ")[:9])),
+        ("../llama-cpp-python-0.3.36/chat-stop.sse", TINY_TEXT),
+        ("../llama-cpp-python-0.3.36/completions-usage.sse", " ".join(TINY_TEXT.split(" ")[:9])),
     ],
 )
-def test_litellm_streams_give_the_same_text_for_any_chunking(
+def test_real_server_streams_give_the_same_text_for_any_chunking(
     fixture: str, text: str, chunk: int | None
 ) -> None:
     mapped = _map(_raw(fixture), chunk)
@@ -193,3 +204,43 @@ def test_string_429_as_the_first_event_is_an_admission_reject_worth_retrying() -
     assert error.kind is ErrorKind.ADMISSION_REJECT
     assert error.retryable
     assert error.status == 429
+
+
+# --- llama-cpp-python[server] 0.3.36 (llama.cpp's engine, the tiny GGUF model) ------------------
+
+
+def test_llama_cpp_python_role_only_first_delta_has_no_content_key() -> None:
+    raw = _llama("chat-stop.sse")
+    assert b'"delta": {"role": "assistant"}, ' in raw.split(b"\n\n")[0]
+    mapped = _map(raw)
+    assert mapped.tokens[0].text == " Trio"
+
+
+def test_llama_cpp_python_first_token_keeps_its_leading_space() -> None:
+    # SentencePiece's "\u2581Trio" is detokenized as " Trio": the answer starts with a space.
+    mapped = _map(_llama("chat-stop.sse"))
+    assert mapped.text == TINY_TEXT
+    assert mapped.mapper.finish == "stop"
+
+
+def test_llama_cpp_python_sends_no_usage_even_when_asked() -> None:
+    raw = _llama("chat-usage.sse")
+    assert b'"usage"' not in raw
+    mapped = _map(raw)
+    assert mapped.mapper.prompt_tokens is None
+    assert mapped.mapper.completion_tokens is None
+    assert mapped.mapper.finish == "length"
+
+
+def test_llama_cpp_python_completions_finish_chunk_has_empty_text() -> None:
+    raw = _llama("completions-usage.sse")
+    assert b'"text": "", "index": 0, "logprobs": null, "finish_reason": "length"' in raw
+    mapped = _map(raw)
+    assert len(mapped.tokens) == 8  # the empty text is no Token
+    assert mapped.mapper.finish == "length"
+
+
+def test_llama_cpp_python_fastapi_404_detail_body_is_upstream_not_found() -> None:
+    error = error_from_status(404, _llama("not-found-404.json"))
+    assert error.kind is ErrorKind.UPSTREAM_NOT_FOUND
+    assert error.message == "Not Found"

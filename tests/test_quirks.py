@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 
-from oai_adapter import ErrorKind, Token
+from oai_adapter import End, ErrorKind, OpenAIAdapter, TaskRequest, Token
 from oai_adapter._errors import error_from_status
 from oai_adapter._events import Event
 from oai_adapter._mappers import ChatMapper
 from oai_adapter._sse import SSEDecoder
+from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "litellm-1.108.7"
 LLAMA = Path(__file__).parent / "fixtures" / "llama-cpp-python-0.3.36"
@@ -244,3 +246,42 @@ def test_llama_cpp_python_fastapi_404_detail_body_is_upstream_not_found() -> Non
     error = error_from_status(404, _llama("not-found-404.json"))
     assert error.kind is ErrorKind.UPSTREAM_NOT_FOUND
     assert error.message == "Not Found"
+
+
+def test_llama_cpp_python_done_without_a_finish_reason_is_a_cut_short_stream() -> None:
+    # With interrupt_requests (its default), a request that arrives while another one runs
+    # makes the server end the running stream with `[DONE]` and no finish_reason.
+    raw = _llama("interrupted-by-next-request.sse")
+    assert b'finish_reason": null' in raw
+    assert b"data: [DONE]" in raw
+    mapped = _map(raw)
+    assert mapped.tokens == []
+    error = mapped.mapper.error
+    assert error is not None
+    assert error.kind is ErrorKind.WORKER_RESET
+    assert "[DONE]" in error.message
+
+
+async def test_done_before_a_finish_reason_ends_the_task_with_an_error_not_a_stop(
+    upstream: FakeUpstream, adapter: OpenAIAdapter
+) -> None:
+    upstream.script(
+        Reply(
+            steps=[
+                Send(sse(chat_chunk("", role=True))),
+                Send(sse(chat_chunk("Hello"))),
+                Send(sse(chat_chunk(" there"))),
+                Send(b"data: [DONE]\n\n"),
+            ]
+        )
+    )
+    with trio.fail_after(20):
+        async with adapter.submit(TaskRequest(task_id="t", prompt="Hi")) as events:
+            seen = [event async for event in events]
+    assert [type(e).__name__ for e in seen] == ["Started", "Token", "Token", "Metrics", "End"]
+    end = seen[-1]
+    assert isinstance(end, End)
+    assert end.reason == "error"
+    assert end.tokens_out == 2
+    assert end.error is not None
+    assert end.error.kind is ErrorKind.WORKER_RESET

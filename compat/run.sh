@@ -84,4 +84,7 @@ for model in compat-model compat-mock; do
     echo "compat: oai-adapter check --model $model"
     uv run --locked --quiet oai-adapter check --base-url "$base/v1" --model "$model" || status=$?
 done
+echo "compat: oai-adapter bench --model compat-model --concurrency 4 --requests 16"
+uv run --locked --quiet oai-adapter bench --base-url "$base/v1" --model compat-model \
+    --concurrency 4 --requests 16 || status=$?
 exit "$status"

@@ -3,7 +3,10 @@
 # `.venv-compat-llama`) serving a tiny model made here with the `gguf` package
 # (compat/make_tiny_gguf.py), on 127.0.0.1; `oai-adapter check` against it; raw streams saved
 # under `.compat-out/llama-*`. The first run compiles llama.cpp from source (no wheel in the
-# registry): many minutes on two cores.
+# registry): many minutes on two cores. The server's default `interrupt_requests=True` cuts a
+# running stream short (`[DONE]`, no finish reason) whenever another request arrives, so the
+# bench below would report WORKER_RESET for all but one request; it is turned off here
+# (LLAMA_INTERRUPT_REQUESTS=True shows the quirk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +35,8 @@ trap cleanup EXIT
 port=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 echo "compat: starting llama-cpp-python $LLAMA_CPP_PYTHON_VERSION on 127.0.0.1:$port"
 "$VENV/bin/python" -m llama_cpp.server --model "$work/tiny.gguf" --model_alias compat-tiny \
-    --host 127.0.0.1 --port "$port" --n_ctx 512 --n_threads 1 > "$OUT/llama.log" 2>&1 &
+    --host 127.0.0.1 --port "$port" --n_ctx 512 --n_threads 1 \
+    --interrupt_requests "${LLAMA_INTERRUPT_REQUESTS:-False}" > "$OUT/llama.log" 2>&1 &
 pid=$!
 base="http://127.0.0.1:$port"
 for i in $(seq 240); do
@@ -59,5 +63,10 @@ for probe in health props slots version; do
 done
 echo "compat: raw streams saved in $OUT/llama-*"
 
+status=0
 echo "compat: oai-adapter check --model compat-tiny"
-uv run --locked --quiet oai-adapter check --base-url "$base/v1" --model compat-tiny
+uv run --locked --quiet oai-adapter check --base-url "$base/v1" --model compat-tiny || status=$?
+echo "compat: oai-adapter bench --model compat-tiny --concurrency 4 --requests 16"
+uv run --locked --quiet oai-adapter bench --base-url "$base/v1" --model compat-tiny \
+    --concurrency 4 --requests 16 || status=$?
+exit "$status"

@@ -151,7 +151,7 @@ def decode_rate(metrics: Metrics) -> float | None:
 
 def _fmt(value: float | int | None, unit: str = "") -> str:
     if value is None:
-        return "–"
+        return "-"  # ASCII: a script may read this with any encoding
     if isinstance(value, int):
         return f"{value}{unit}"
     return f"{value:.1f}{unit}"
@@ -176,7 +176,7 @@ def metrics_table(metrics: Metrics) -> str:
 def _end_line(end: End) -> str:
     line = f"end: {end.reason}, {end.tokens_out} tokens"
     if end.error is not None:
-        line += f" — {describe_error(end.error)}"
+        line += f": {describe_error(end.error)}"
     return line
 
 

@@ -55,7 +55,7 @@ class Term:
 
     def progress(self, done: int, total: int, failed: int, width: int = 30) -> None:
         """Redraw the progress line on stderr; only on a TTY."""
-        if not self.err_color and not _isatty(self.err):
+        if not _isatty(self.err):
             return
         filled = width * done // max(total, 1)
         bar = "█" * filled + "·" * (width - filled)

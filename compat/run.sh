@@ -2,7 +2,8 @@
 # `just compat`: start a real third-party OpenAI-compatible server on loopback (LiteLLM's proxy,
 # pinned, in its own venv `.venv-compat` so the main lock file stays lean), run
 # `oai-adapter check` against it, and save the raw streams it sends under `.compat-out/`.
-# Slow (installs LiteLLM the first time); not part of `just test`. Everything listens on
+# Slow (installs LiteLLM the first time); not part of `just test`. Exit code: that of the check
+# and bench against `compat-model`. Everything listens on
 # 127.0.0.1 only; LiteLLM's start-up fetch of its price map is switched off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,10 +81,12 @@ capture unknown-model /v1/chat/completions \
 echo "compat: raw streams saved in $OUT/"
 
 status=0
-for model in compat-model compat-mock; do
-    echo "compat: oai-adapter check --model $model"
-    uv run --locked --quiet oai-adapter check --base-url "$base/v1" --model "$model" || status=$?
-done
+echo "compat: oai-adapter check --model compat-model"
+uv run --locked --quiet oai-adapter check --base-url "$base/v1" --model compat-model || status=$?
+# Informational: LiteLLM's mock cannot stream /v1/responses (a 200 whose first event is an
+# error, docs/compat.md quirk 8), so its check has a FAIL row by design.
+echo "compat: oai-adapter check --model compat-mock (informational)"
+uv run --locked --quiet oai-adapter check --base-url "$base/v1" --model compat-mock || true
 echo "compat: oai-adapter bench --model compat-model --concurrency 4 --requests 16"
 uv run --locked --quiet oai-adapter bench --base-url "$base/v1" --model compat-model \
     --concurrency 4 --requests 16 || status=$?

@@ -78,6 +78,14 @@ capture mock-responses /v1/responses \
     '{"model":"compat-mock","stream":true,"input":"Hi"}'
 capture unknown-model /v1/chat/completions \
     '{"model":"no-such-model","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
+# A wrong key and no key (FACTS.md: without a database LiteLLM answers 400 / a bare 500).
+curl -s -D "$OUT/wrong-key.headers" -H 'content-type: application/json' \
+    -H "authorization: Bearer sk-wrong-key-for-compat" -o "$OUT/wrong-key.json" \
+    -d '{"model":"compat-model","stream":true,"messages":[{"role":"user","content":"Hi"}]}' \
+    "$base/v1/chat/completions" || true
+curl -s -D "$OUT/no-key.headers" -H 'content-type: application/json' -o "$OUT/no-key.json" \
+    -d '{"model":"compat-model","stream":true,"messages":[{"role":"user","content":"Hi"}]}' \
+    "$base/v1/chat/completions" || true
 echo "compat: raw streams saved in $OUT/"
 
 status=0

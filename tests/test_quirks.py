@@ -285,3 +285,17 @@ async def test_done_before_a_finish_reason_ends_the_task_with_an_error_not_a_sto
     assert end.tokens_out == 2
     assert end.error is not None
     assert end.error.kind is ErrorKind.WORKER_RESET
+
+
+def test_litellm_wrong_key_without_a_database_is_a_400_not_an_auth_error() -> None:
+    # A refused key looks like a bad request: the adapter can only report what was said.
+    error = error_from_status(400, _raw("wrong-key-400.json"))
+    assert error.kind is ErrorKind.INVALID_PARAMS
+    assert not error.retryable
+    assert error.message == "No connected db."
+
+
+def test_litellm_missing_key_is_a_bare_500_in_plain_text() -> None:
+    error = error_from_status(500, _raw("no-key-500.txt"))
+    assert error.kind is ErrorKind.UPSTREAM_ERROR
+    assert error.message == "Internal Server Error"

@@ -19,15 +19,23 @@ test *ARGS: setup
 
 # ruff + mypy strict.
 lint: setup
-    {{uv}} run --locked --quiet ruff check oai_adapter tests benchmarks
-    {{uv}} run --locked --quiet ruff format --check oai_adapter tests benchmarks
+    {{uv}} run --locked --quiet ruff check oai_adapter tests benchmarks compat
+    {{uv}} run --locked --quiet ruff format --check oai_adapter tests benchmarks compat
     {{uv}} run --locked --quiet mypy
 
 # Reformat the code.
 fmt: setup
-    {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks
-    {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks
+    {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks compat
+    {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks compat
 
 # Benchmarks: print figures and ratios (never asserted in tests).
 bench: setup
     {{uv}} run --locked --quiet python benchmarks/run_all.py
+
+# LiteLLM's proxy (a real third-party server, own venv .venv-compat) on loopback + `oai-adapter check` (slow; not in `just test`).
+compat: setup
+    bash compat/run.sh
+
+# llama.cpp (llama-cpp-python[server], own venv; compiles llama.cpp the first time) with a tiny local GGUF + `oai-adapter check`.
+compat-llama: setup
+    bash compat/run_llama.sh

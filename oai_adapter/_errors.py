@@ -169,13 +169,23 @@ def kind_for_status(status: int) -> ErrorKind:
     return ErrorKind.UPSTREAM_ERROR
 
 
+def _status_code(code: object) -> int | None:
+    """An HTTP status given as an error `code`: an int, or digits in a string (LiteLLM writes
+    `"code": "500"`)."""
+    if isinstance(code, str) and code.isascii() and code.isdigit():
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 100 <= code < 600:
+        return code
+    return None
+
+
 def kind_for_code(*codes: object) -> ErrorKind | None:
     """The kind an upstream error `code` or `type` names, if it names one we know."""
     for code in codes:
+        if (status := _status_code(code)) is not None and status >= 300:
+            return kind_for_status(status)
         if isinstance(code, str) and code.lower() in _CODE_KIND:
             return _CODE_KIND[code.lower()]
-        if isinstance(code, int) and not isinstance(code, bool) and 300 <= code < 600:
-            return kind_for_status(code)
     return None
 
 
@@ -237,7 +247,7 @@ def error_from_event(
     etype = payload.type if payload is not None else None
     message = _clip((payload.message if payload is not None else None) or fallback_message)
     message = message or f"error event from upstream ({etype or code or 'no detail'})"
-    status = code if isinstance(code, int) and not isinstance(code, bool) else None
+    status = _status_code(code)
     kind = kind_for_code(etype, code) if first else None
     return make_error(kind or ErrorKind.UPSTREAM_ERROR, message, status=status)
 

@@ -13,11 +13,13 @@ fastest path, ≈ 0.7 µs a chunk, FACTS.md).
 Quirks handled here (FACTS.md, "Streams"): a role-only first delta (`content` null or empty)
 is no Token; usage comes on a `choices: []` chunk, on a `delta: {}` chunk or on the finish
 chunk; an all-zero usage is a placeholder (LiteLLM legacy completions), not a count; `[DONE]`
-may be missing after the finish; a UTF-16 surrogate pair split across two chunks (mock-llm)
-is joined instead of failing the stream. Reasoning comes as `delta.reasoning_content`
-(llama.cpp, vLLM, DeepSeek) or `delta.reasoning` (newer vLLM, OpenRouter); tool calls as
-`delta.tool_calls[]` (or the deprecated `delta.function_call`), see `_tools.py`. Within one
-delta the order is reasoning, text, tool calls. The Responses mapper is in `_responses.py`.
+may be missing after the finish, and a `[DONE]` before any finish reason means the server cut
+the generation short (llama-cpp-python does, when another request arrives): a `WORKER_RESET`,
+not a stop; a UTF-16 surrogate pair split across two chunks (mock-llm) is joined instead of
+failing the stream. Reasoning comes as `delta.reasoning_content` (llama.cpp, vLLM, DeepSeek) or
+`delta.reasoning` (newer vLLM, OpenRouter); tool calls as `delta.tool_calls[]` (or the
+deprecated `delta.function_call`), see `_tools.py`. Within one delta the order is reasoning,
+text, tool calls. The Responses mapper is in `_responses.py`.
 """
 
 from __future__ import annotations
@@ -154,6 +156,11 @@ class ChatMapper(Mapper):
         self.events_seen += 1
         if data[:1] == b"[" and data.strip() == _DONE:
             self.done = True
+            if self.finish is None:  # llama-cpp-python cuts a stream short this way
+                self.error = make_error(
+                    ErrorKind.WORKER_RESET,
+                    "the upstream sent [DONE] before a finish reason (generation cut short)",
+                )
             return
         try:
             chunk = _chunk_decoder.decode(data)

@@ -378,14 +378,19 @@ class FakeUpstream:
             async with trio.open_nursery() as nursery:
 
                 async def watch() -> None:
+                    # Bytes that arrive meanwhile are the client's next request on this
+                    # connection (a pooled connection is reused at once): keep them for h11.
                     nonlocal gone
-                    try:
-                        data = await stream.receive_some(65536)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-                        data = b""
-                    if not data:
-                        gone = True
-                        nursery.cancel_scope.cancel()
+                    while True:
+                        try:
+                            data = await stream.receive_some(65536)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+                            data = b""
+                        if not data:
+                            gone = True
+                            nursery.cancel_scope.cancel()
+                            return
+                        conn.receive_data(bytes(data))
 
                 nursery.start_soon(watch)
                 try:

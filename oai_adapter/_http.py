@@ -21,6 +21,7 @@ import httpx2
 
 from ._config import AdapterConfig
 from ._errors import ErrorKind, make_error
+from ._transport import ClosingTransport
 
 __all__ = ["Upstream", "build_ssl_context"]
 
@@ -64,13 +65,17 @@ class Upstream:
             "accept-encoding": "identity",
             **dict(config.headers),
         }
+        if transport is None:
+            transport = ClosingTransport(
+                verify=build_ssl_context(config.ca_bundle),
+                http1=True,
+                http2=config.http2,
+                limits=limits,
+                proxy=config.proxy,
+                trust_env=False,
+            )
         self.client = httpx2.AsyncClient(
-            verify=build_ssl_context(config.ca_bundle),
-            http1=True,
-            http2=config.http2,
-            limits=limits,
             timeout=timeout,
-            proxy=config.proxy,
             trust_env=False,
             follow_redirects=False,
             headers=headers,

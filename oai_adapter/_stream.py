@@ -14,6 +14,7 @@ closed the upstream response.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -131,7 +132,7 @@ class Submission:
     def __init__(self, adapter: OpenAIAdapter, req: object) -> None:
         self._adapter = adapter
         self._req = req
-        self._nursery_cm: trio.Nursery | None = None
+        self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._state: TaskState | None = None
         self._stream: EventStream | None = None
 
@@ -145,7 +146,7 @@ class Submission:
         except BaseException:
             adapter._unregister(state)
             raise
-        self._nursery_cm = cm  # type: ignore[assignment]
+        self._nursery_cm = cm
         nursery.start_soon(start_reader)
         self._stream = EventStream(adapter, state, receive, tlog)
         return self._stream
@@ -161,8 +162,16 @@ class Submission:
         assert cm is not None
         state.scope.cancel()
         try:
-            return await cm.__aexit__(exc_type, exc, tb)  # type: ignore[attr-defined, no-any-return]
+            await cm.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The reader raises nothing of its own (every failure becomes an `End`), so a
+            # group holding only what the block raised is the nursery's wrapping: let the
+            # block's own exception (a user's error, an outer `Cancelled`) go on unchanged.
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False
+            raise
         finally:
             if self._stream is not None:
                 self._stream._receive.close()
             self._adapter._unregister(state)
+        return None

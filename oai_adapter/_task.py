@@ -20,7 +20,7 @@ with a bounded, shielded cleanup, before `done` is set.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Final
 
 import httpx2
@@ -43,6 +43,10 @@ __all__ = ["CLEANUP_GRACE", "TaskState", "run_task"]
 
 #: Seconds a shielded cleanup (closing a response) may take before it is abandoned.
 CLEANUP_GRACE: Final = 1.0
+
+#: Seconds, and bytes, read after the stream's end marker to let the connection be reused.
+DRAIN_GRACE: Final = 0.05
+_MAX_DRAIN: Final = 64 * 1024
 
 #: Most bytes of an error response body read to find the upstream's message.
 _MAX_ERROR_BODY: Final = 64 * 1024
@@ -134,7 +138,7 @@ class _Reader:
         self.decoder = SSEDecoder()
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
-        self._chunks_iter: AsyncIterator[bytes] | None = None
+        self._chunks_iter: AsyncGenerator[bytes, None] | None = None
         self._first_deadline = 0.0
 
     # --- the task ------------------------------------------------------------------------
@@ -222,7 +226,7 @@ class _Reader:
                 )
             # Accepted only once the first event is known not to be an error.
             out: list[Event] = []
-            chunks = self._chunks(response)
+            self._chunks_iter = chunks = self._chunks(response)
             while self.mapper.events_seen == 0:
                 idle_deadline = sent_at + timeouts.idle
                 chunk = await self._next_chunk(
@@ -261,7 +265,6 @@ class _Reader:
         if litellm := response.headers.get("x-litellm-version"):
             adapter.litellm_version = litellm
         out.insert(0, self.started)
-        self._chunks_iter = chunks
         self._first_deadline = first_deadline
         await self._emit(out)
 
@@ -294,14 +297,29 @@ class _Reader:
                 last_event = trio.current_time()
         if mapper.error is not None:
             raise _Failed(mapper.error)
+        await self._drain(chunks)
+
+    async def _drain(self, chunks: AsyncGenerator[bytes, None]) -> None:
+        """After `[DONE]` (or a terminal event) read what is left of the body — usually just
+        the chunked-encoding terminator — so the connection goes back to the pool instead of
+        being closed. Bounded by `DRAIN_GRACE` and `_MAX_DRAIN`; past them, close it."""
+        drained = 0
+        with trio.move_on_after(DRAIN_GRACE):
+            try:
+                async for chunk in chunks:
+                    drained += len(chunk)
+                    if drained > _MAX_DRAIN:
+                        return
+            except (httpx2.HTTPError, OSError):
+                return
 
     # --- pieces --------------------------------------------------------------------------
 
-    def _chunks(self, response: httpx2.Response) -> AsyncIterator[bytes]:
-        return response.aiter_raw().__aiter__()
+    def _chunks(self, response: httpx2.Response) -> AsyncGenerator[bytes, None]:
+        return response.aiter_raw()
 
     async def _next_chunk(
-        self, chunks: AsyncIterator[bytes], deadline: float, first_token: bool
+        self, chunks: AsyncGenerator[bytes, None], deadline: float, first_token: bool
     ) -> bytes | None:
         """The next network read, `None` at end of stream. Raises `_Failed` on a lost
         connection, or when `deadline` passes: the first-token deadline if `first_token`,
@@ -360,8 +378,9 @@ class _Reader:
 
     async def _read_error_body(self, response: httpx2.Response) -> bytes:
         body = bytearray()
+        self._chunks_iter = chunks = self._chunks(response)
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in chunks:
                 body += chunk
                 if len(body) >= _MAX_ERROR_BODY:
                     break
@@ -370,12 +389,17 @@ class _Reader:
         return bytes(body[:_MAX_ERROR_BODY])
 
     async def _close_response(self) -> None:
+        """Close the response (and the generator reading it), shielded and bounded."""
         response, self.response = self.response, None
-        if response is None:
+        chunks, self._chunks_iter = self._chunks_iter, None
+        if response is None and chunks is None:
             return
         with trio.move_on_after(CLEANUP_GRACE, shield=True):
             try:
-                await response.aclose()
+                if chunks is not None:
+                    await chunks.aclose()
+                if response is not None:
+                    await response.aclose()
             except (httpx2.HTTPError, OSError):
                 pass
 

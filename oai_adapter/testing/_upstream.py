@@ -68,6 +68,7 @@ class FakeUpstream:
         port: int = 0,
         slots: int = 4,
         n_ctx: int = 4096,
+        missing: Sequence[str] = (),
     ) -> None:
         self.tokens: list[str] = list(tokens) if tokens is not None else split_words(text)
         self.model = model
@@ -86,6 +87,7 @@ class FakeUpstream:
         self.streams_open = 0
         self.disconnects = 0
         self.disconnected = trio.Event()
+        self.missing = set(missing)  # probe paths answered with 404, e.g. {"/v1/models"}
         self.loading = False  # answer probes and completions with llama.cpp's 503 "Loading model"
 
     # --- set-up --------------------------------------------------------------------------
@@ -139,8 +141,8 @@ class FakeUpstream:
         ):
             return
         finally:
-            self.connections_open -= 1
             await trio.aclose_forcefully(stream)
+            self.connections_open -= 1
 
     async def _read_request(
         self, conn: h11.Connection, stream: trio.abc.Stream
@@ -214,7 +216,7 @@ class FakeUpstream:
         loading = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
         not_found = {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
         ok, token = self._authorized(req)
-        if req.method != "GET":
+        if req.method != "GET" or path in self.missing:
             return 404, not_found
         if path == "/health":
             if self.flavor == "openai":

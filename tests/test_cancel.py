@@ -1,0 +1,255 @@
+"""Cancel and early exit: the next event is `End(cancelled)`, the upstream is closed, nothing leaks."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from oai_adapter import End, OpenAIAdapter, Started, TaskRequest, Token
+from oai_adapter._events import Event
+from oai_adapter._stream import CHANNEL_BATCHES
+from oai_adapter._transport import _ResponseStream
+from oai_adapter.testing import FakeUpstream, Hang, Reply, Send, render_stream, sse
+
+from .conftest import IO_DEADLINE, make_config
+from .helpers import check_grammar
+
+
+def hanging_after(tokens: list[str]) -> Reply:
+    """A stream that sends `tokens` then stays open without finishing."""
+    steps = render_stream("chat", tokens)[: len(tokens) + 1]  # role chunk + tokens
+    return Reply(steps=[*steps, Hang()])
+
+
+async def test_cancel_mid_stream_ends_cancelled_and_closes_upstream(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    upstream.script(hanging_after(["a", "b", "c", "d"]))
+    seen: list[Event] = []
+    with trio.fail_after(IO_DEADLINE):
+        async with adapter.submit(TaskRequest(task_id="t", prompt="x")) as events:
+            async for ev in events:
+                seen.append(ev)
+                if isinstance(ev, Token) and ev.index == 1:
+                    assert adapter.cancel("t") is True
+                    assert adapter.cancel("t") is False  # a second cancel
+        await upstream.disconnected.wait()
+    check_grammar(seen)
+    end = seen[-1]
+    assert isinstance(end, End)
+    assert end.reason == "cancelled"
+    assert end.tokens_out == 2  # a and b delivered; c, d buffered and dropped
+    assert end.error is None
+    assert adapter.running() == frozenset()
+    assert adapter.cancel("t") is False
+
+
+async def test_cancel_with_full_buffer_and_consumer_that_read_nothing(
+    upstream: FakeUpstream,
+) -> None:
+    # Far more tokens than the channel holds, sent one read at a time, then the stream hangs.
+    many = [f" w{i}" for i in range(4000)]
+    upstream.script(Reply(steps=[*render_stream("chat", many)[:-3], Hang()]))
+    async with OpenAIAdapter(make_config(upstream)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            async with adapter.submit(TaskRequest(task_id="full", prompt="x")) as events:
+                receive = events._receive
+                while receive.statistics().current_buffer_used < CHANNEL_BATCHES:
+                    await trio.testing.wait_all_tasks_blocked()
+                assert adapter.cancel("full") is True
+                first = await events.__anext__()
+                assert isinstance(first, End)
+                assert first.reason == "cancelled"
+                assert first.tokens_out == 0
+                with pytest.raises(StopAsyncIteration):
+                    await events.__anext__()
+            await upstream.disconnected.wait()
+        assert adapter.running() == frozenset()
+
+
+async def test_cancel_after_upstream_finished_but_consumer_behind(upstream: FakeUpstream) -> None:
+    # A fast server: the whole answer arrives in one write, before the consumer reads its
+    # third token (nginx, hypercorn: FACTS.md).
+    whole = b"".join(s.data for s in render_stream("chat", upstream.tokens) if isinstance(s, Send))
+    upstream.script(Reply(steps=[Send(whole)]))
+    async with OpenAIAdapter(make_config(upstream)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            async with adapter.submit(TaskRequest(task_id="fast", prompt="x")) as events:
+                seen = [await events.__anext__() for _ in range(3)]  # Started, token 0, token 1
+                await events._state.done.wait()  # the reader has sent End and closed the response
+                assert "fast" in adapter.running()
+                assert adapter.cancel("fast") is True
+                end = await events.__anext__()
+        assert isinstance(seen[0], Started)
+        assert isinstance(end, End)
+        assert end.reason == "cancelled"
+        assert end.tokens_out == 2
+        assert adapter.running() == frozenset()
+
+
+async def test_cancel_of_unknown_task_returns_false(adapter: OpenAIAdapter) -> None:
+    assert adapter.cancel("nope") is False
+
+
+async def test_cancel_after_end_was_read_returns_false(adapter: OpenAIAdapter) -> None:
+    with trio.fail_after(IO_DEADLINE):
+        async with adapter.submit(TaskRequest(task_id="done", prompt="x")) as events:
+            async for _ in events:
+                pass
+            assert adapter.cancel("done") is False
+
+
+async def test_cancel_from_another_task_while_consumer_waits(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    upstream.script(hanging_after(["a"]))
+    seen: list[Event] = []
+    with trio.fail_after(IO_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            got_token = trio.Event()
+
+            async def consume() -> None:
+                async with adapter.submit(TaskRequest(task_id="w", prompt="x")) as events:
+                    async for ev in events:
+                        seen.append(ev)
+                        if isinstance(ev, Token):
+                            got_token.set()
+
+            nursery.start_soon(consume)
+            await got_token.wait()
+            await trio.testing.wait_all_tasks_blocked()  # the consumer is blocked on receive
+            assert adapter.cancel("w") is True
+        await upstream.disconnected.wait()
+    assert [type(e).__name__ for e in seen] == ["Started", "Token", "End"]
+    end = seen[-1]
+    assert isinstance(end, End)
+    assert end.reason == "cancelled"
+
+
+async def test_cancel_before_the_upstream_answered(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    upstream.script(Reply(delay=1000.0))  # stalls before the headers
+    with trio.fail_after(IO_DEADLINE):
+        async with adapter.submit(TaskRequest(task_id="early", prompt="x")) as events:
+            while not upstream.completion_requests():
+                await trio.testing.wait_all_tasks_blocked()
+            assert adapter.cancel("early") is True
+            seen = [ev async for ev in events]
+    assert len(seen) == 1
+    assert isinstance(seen[0], End)
+    assert seen[0].reason == "cancelled"
+
+
+async def test_break_out_early_closes_upstream_and_frees_the_id(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    upstream.script(hanging_after(["a", "b", "c"]))
+    with trio.fail_after(IO_DEADLINE):
+        async with adapter.submit(TaskRequest(task_id="brk", prompt="x")) as events:
+            async for ev in events:
+                if isinstance(ev, Token):
+                    break
+        assert adapter.running() == frozenset()
+        await upstream.disconnected.wait()
+        # The id can be used again at once.
+        async with adapter.submit(TaskRequest(task_id="brk", prompt="x")) as events:
+            check_grammar([ev async for ev in events])
+
+
+async def test_exception_in_block_propagates_and_closes_upstream(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    upstream.script(hanging_after(["a", "b"]))
+    with trio.fail_after(IO_DEADLINE):
+
+        async def consume_then_fail() -> None:
+            async with adapter.submit(TaskRequest(task_id="exc", prompt="x")) as events:
+                async for ev in events:
+                    if isinstance(ev, Token):
+                        raise KeyError("boom")
+
+        with pytest.raises(KeyError, match="boom"):
+            await consume_then_fail()
+        await upstream.disconnected.wait()
+    assert adapter.running() == frozenset()
+
+
+async def test_outer_cancellation_closes_upstream_and_leaks_nothing(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    upstream.script(hanging_after(["a", "b"]))
+    tasks_before = trio.lowlevel.current_statistics().tasks_living
+    with trio.fail_after(IO_DEADLINE):
+        with trio.CancelScope() as outer:
+            async with adapter.submit(TaskRequest(task_id="outer", prompt="x")) as events:
+                async for ev in events:
+                    if isinstance(ev, Token):
+                        outer.cancel()
+        assert outer.cancelled_caught
+        await upstream.disconnected.wait()
+        # Back to the baseline: the server's handler for the closed connection has ended
+        # and no task of ours is left (a leak would hang here until the deadline).
+        while trio.lowlevel.current_statistics().tasks_living != tasks_before:
+            await trio.testing.wait_all_tasks_blocked()
+    assert upstream.connections_open == 0
+    assert adapter.running() == frozenset()
+
+
+async def test_upstream_connection_returns_to_pool_after_a_complete_stream(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    with trio.fail_after(IO_DEADLINE):
+        for i in range(5):
+            async with adapter.submit(TaskRequest(task_id=f"k{i}", prompt="x")) as events:
+                check_grammar([ev async for ev in events])
+    # Keep-alive: five sequential streams over one connection.
+    assert upstream.connections_total == 1
+
+
+async def test_pool_holds_no_active_connection_after_cancels(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    with trio.fail_after(IO_DEADLINE):
+        for i in range(10):
+            upstream.script(hanging_after(["a", "b"]))
+            async with adapter.submit(TaskRequest(task_id=f"c{i}", prompt="x")) as events:
+                async for ev in events:
+                    if isinstance(ev, Token):
+                        adapter.cancel(f"c{i}")
+        while upstream.connections_open:
+            await trio.testing.wait_all_tasks_blocked()
+    pool = adapter.upstream.client._transport._pool  # type: ignore[attr-defined]
+    assert [c for c in pool.connections if not c.is_idle()] == []
+    assert upstream.streams_open == 0
+    assert upstream.disconnects == 10
+
+
+async def test_response_stream_is_ours_so_closing_early_leaves_no_generator(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    # Guards ClosingTransport's reach into httpx2 internals: if the private names it uses move,
+    # responses would carry httpx2's own stream again and early closes would leak generators.
+    with trio.fail_after(IO_DEADLINE):
+        request = adapter.upstream.build_request("GET", adapter.upstream.url("/models"))
+        response = await adapter.upstream.send(request, stream=True)
+        try:
+            assert isinstance(response.stream._stream, _ResponseStream)  # type: ignore[attr-defined]
+        finally:
+            await response.aclose()
+
+
+async def test_cancelled_consumer_that_keeps_iterating_gets_nothing_more(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    upstream.script(
+        Reply(steps=[Send(sse({"choices": [{"index": 0, "delta": {"content": "a"}}]})), Hang()])
+    )
+    with trio.fail_after(IO_DEADLINE):
+        async with adapter.submit(TaskRequest(task_id="it", prompt="x")) as events:
+            async for ev in events:
+                if isinstance(ev, Token):
+                    adapter.cancel("it")
+            with pytest.raises(StopAsyncIteration):
+                await events.__anext__()

@@ -1,0 +1,162 @@
+"""`health`, `props`, `engine_version` against the embedded upstream, in each engine's shape,
+and against a down one: best effort, never raising."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from oai_adapter import EngineVersion, HealthStatus, OpenAIAdapter, WorkerProps
+from oai_adapter.testing import FakeUpstream
+
+from .conftest import IO_DEADLINE, make_config
+
+
+async def start(nursery: trio.Nursery, **kwargs: object) -> FakeUpstream:
+    server = FakeUpstream(**kwargs)  # type: ignore[arg-type]
+    await nursery.start(server.serve)
+    return server
+
+
+async def dead_port() -> int:
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def test_llama_cpp_shapes(nursery: trio.Nursery) -> None:
+    up = await start(nursery, flavor="llama.cpp", slots=4, n_ctx=4096)
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+            props = await adapter.props()
+            version = await adapter.engine_version()
+    assert health == HealthStatus(live=True, ready=True, detail="model 'test-model' is served")
+    # n_ctx is per slot: -c 4096 -np 4 → 1024 (FACTS.md).
+    assert props == WorkerProps(
+        slots_total=4, slots_free=4, model="test-model", context_length=1024
+    )
+    assert version == EngineVersion(
+        engine="llama.cpp", version="b1-0c1e570", model_digest=None, server="fake-upstream"
+    )
+
+
+async def test_vllm_shapes(nursery: trio.Nursery) -> None:
+    up = await start(nursery, flavor="vllm", n_ctx=8192)
+    async with OpenAIAdapter(make_config(up, model_digest="sha256:abc")) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+            props = await adapter.props()
+            version = await adapter.engine_version()
+    assert health.ready
+    assert props == WorkerProps(
+        slots_total=None, slots_free=None, model="test-model", context_length=8192
+    )
+    assert version == EngineVersion(
+        engine="vllm", version="0.11.0", model_digest="sha256:abc", server="fake-upstream"
+    )
+
+
+async def test_openai_like_upstream_without_engine_probes(nursery: trio.Nursery) -> None:
+    up = await start(nursery, flavor="openai")
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+            props = await adapter.props()
+            version = await adapter.engine_version()
+    assert health.ready
+    assert props.slots_total is None
+    assert props.model == "test-model"
+    assert version.engine == "unknown"
+    assert version.version == "unknown"
+    assert version.server == "fake-upstream"
+
+
+async def test_unlisted_model_is_live_but_not_ready(nursery: trio.Nursery) -> None:
+    up = await start(nursery)
+    async with OpenAIAdapter(make_config(up, model="other-model")) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert health.live
+    assert not health.ready
+    assert "other-model" in health.detail
+
+
+async def test_refused_key_is_live_not_ready_without_fallback(nursery: trio.Nursery) -> None:
+    up = await start(nursery, api_key="sk-right-key-000000")
+    async with OpenAIAdapter(make_config(up, api_key="sk-wrong-key-11111111")) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert health == HealthStatus(
+        live=True, ready=False, detail="the upstream refused the API key (HTTP 401)"
+    )
+    assert [r.path for r in up.requests] == ["/v1/models"]  # /health is open, so it is not asked
+
+
+async def test_right_key_is_ready(nursery: trio.Nursery) -> None:
+    up = await start(nursery, api_key="sk-right-key-000000")
+    async with OpenAIAdapter(make_config(up, api_key="sk-right-key-000000")) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            assert (await adapter.health()).ready
+    assert up.requests[0].headers["authorization"] == "Bearer sk-right-key-000000"
+
+
+async def test_loading_model_is_live_not_ready(nursery: trio.Nursery) -> None:
+    up = await start(nursery)
+    up.loading = True
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert health.live
+    assert not health.ready
+    assert "Loading model" in health.detail
+
+
+@pytest.mark.parametrize("probe", ["health", "props", "engine_version"])
+async def test_down_upstream_never_raises(probe: str) -> None:
+    port = await dead_port()
+    config = make_config(FakeUpstream(), base_url=f"http://127.0.0.1:{port}/v1")
+    async with OpenAIAdapter(config) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            result = await getattr(adapter, probe)()
+    if probe == "health":
+        assert result.live is False
+        assert result.ready is False
+        assert "POOL_UNAVAILABLE" in result.detail
+    elif probe == "props":
+        assert result == WorkerProps()
+    else:
+        assert result.engine == "unknown"
+        assert result.version == "unknown"
+
+
+async def test_engine_version_is_cached_for_log_records(nursery: trio.Nursery) -> None:
+    up = await start(nursery)
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        assert adapter.engine_version_cache is None
+        with trio.fail_after(IO_DEADLINE):
+            await adapter.engine_version()
+        assert adapter.engine_version_cache == "llama.cpp b1-0c1e570"
+
+
+async def test_health_falls_back_to_engine_health_when_models_is_missing(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start(nursery, missing=["/v1/models"])
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert health == HealthStatus(live=True, ready=True, detail="/models missing; /health ok")
+    assert [r.path for r in up.requests] == ["/v1/models", "/health"]
+
+
+async def test_health_fallback_while_loading_is_not_ready(nursery: trio.Nursery) -> None:
+    up = await start(nursery, missing=["/v1/models"])
+    up.loading = True
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert health.live
+    assert not health.ready

@@ -236,8 +236,8 @@ class _Reader:
                     self._feed_eof(out)
                     break
                 self._feed(chunk, out)
-            if self.mapper.error is not None:
-                raise _Failed(self.mapper.error)
+            if self.mapper.error is not None and self.mapper.events_seen == 1:
+                raise _Failed(self.mapper.error)  # the first event is an error: not accepted
             if self.mapper.events_seen == 0 and not self.mapper.done:
                 raise _Failed(
                     make_error(

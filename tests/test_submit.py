@@ -322,3 +322,46 @@ async def test_unreachable_upstream_ends_as_pool_unavailable_after_retries() -> 
     assert end.error is not None
     assert end.error.kind is ErrorKind.POOL_UNAVAILABLE
     assert end.error.retryable
+
+
+async def test_error_event_as_first_event_is_retried_before_started(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    rate_limited = sse(
+        {
+            "error": {
+                "message": "slow down",
+                "type": "rate_limit_error",
+                "code": "rate_limit_exceeded",
+            }
+        }
+    )
+    upstream.script(Reply(steps=[Send(rate_limited)]))
+    with trio.fail_after(IO_DEADLINE):
+        events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    check_grammar(events)
+    assert isinstance(events[0], Started)
+    assert events[0].attempt == 2
+    assert text_of(events) == "".join(upstream.tokens)
+
+
+async def test_error_event_in_the_same_read_as_tokens_ends_after_started(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    body = (
+        sse(chat_chunk("a"))
+        + sse(chat_chunk("b"))
+        + sse({"error": {"message": "overloaded mid-way", "type": "overloaded"}})
+    )
+    upstream.script(Reply(steps=[Send(body)]))
+    with trio.fail_after(IO_DEADLINE):
+        events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    check_grammar(events)
+    assert isinstance(events[0], Started)
+    assert text_of(events) == "ab"
+    end = events[-1]
+    assert isinstance(end, End)
+    assert end.error is not None
+    assert end.error.kind is ErrorKind.UPSTREAM_ERROR
+    assert end.error.message == "overloaded mid-way"
+    assert len(upstream.completion_requests()) == 1

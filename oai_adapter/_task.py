@@ -106,6 +106,7 @@ class _Reader:
         "mapper",
         "req",
         "response",
+        "retry_cause",
         "send",
         "started",
         "started_at",
@@ -140,6 +141,7 @@ class _Reader:
         self.last_token_at: float | None = None
         self._chunks_iter: AsyncGenerator[bytes, None] | None = None
         self._first_deadline = 0.0
+        self.retry_cause: WorkerError | None = None  # set while waiting to retry
 
     # --- the task ------------------------------------------------------------------------
 
@@ -155,9 +157,15 @@ class _Reader:
             finally:
                 await self._close_response()
         if total_scope.cancelled_caught:
+            cause = self.retry_cause
             error = make_error(
                 ErrorKind.DEADLINE_UNMET,
-                f"total timeout: the task took longer than {timeouts.total:g} s",
+                f"total timeout: the task took longer than {timeouts.total:g} s"
+                + (
+                    f" (waiting to retry after: {cause.kind.value}: {cause.message})"
+                    if cause is not None
+                    else ""
+                ),
             )
         await self._finish(error)
 
@@ -176,7 +184,7 @@ class _Reader:
                 await self._close_response()
                 if not error.retryable or attempt >= policy.max_attempts:
                     raise
-                delay = backoff_delay(policy, attempt, error.retry_after_ms)
+                delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=self.adapter.rng)
                 self.tlog.warning(
                     f"attempt {attempt} failed ({error.kind.value}"
                     f"{f', status {error.status}' if error.status else ''}: {error.message}), "
@@ -187,7 +195,9 @@ class _Reader:
                     retry_after_ms=error.retry_after_ms,
                     delay_ms=round(delay * 1000, 3),
                 )
-                await trio.sleep(delay)
+                self.retry_cause = error
+                await trio.sleep(delay)  # within `total`: a backoff past it ends as DEADLINE_UNMET
+                self.retry_cause = None
                 self.mapper = MAPPERS[self.adapter.config.api](self.req.task_id)
                 self.decoder = SSEDecoder()
 
@@ -209,7 +219,8 @@ class _Reader:
             except WorkerError as exc:
                 raise _Failed(exc) from exc
             except (httpx2.HTTPError, OSError) as exc:
-                raise _Failed(error_from_transport(exc, after_headers=False)) from exc
+                error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
+                raise _Failed(error) from exc
             status = response.status_code
             if not 200 <= status < 300:
                 raw = await self._read_error_body(response)

@@ -8,7 +8,8 @@ FACTS.md) and keeps the stream's order, since one task writes the channel.
 
 Deadlines (DESIGN.md, "Configuration"): `total` bounds the whole task, retries and backoff
 included; until the first Token the read deadline is `first_token` after the request was sent
-(headers included), and every read is also bounded by `idle` after the last parsed event. SSE
+(headers included), and every read is also bounded by `idle` after the last parsed event
+(before the first one: after the response headers). SSE
 comments and keep-alive bytes parse to no event and so do not move the idle deadline; time spent
 blocked on a full channel (a slow consumer) does, since that is backpressure, not upstream
 silence. Connect is bounded by httpx2 (`Timeouts.connect`).
@@ -32,7 +33,7 @@ from ._events import End, Event, Metrics, Started
 from ._http import http_version, request_id
 from ._mappers import ChatMapper, Mapper, ProtocolError
 from ._retry import backoff_delay, retry_after_ms
-from ._sse import SSEDecoder, SSEError
+from ._sse import SSEDecoder, SSEError, SSEEvent
 
 if TYPE_CHECKING:
     from ._adapter import OpenAIAdapter
@@ -97,6 +98,7 @@ class _Reader:
     __slots__ = (
         "_chunks_iter",
         "_first_deadline",
+        "_pending",
         "adapter",
         "body",
         "decoder",
@@ -142,6 +144,7 @@ class _Reader:
         self._chunks_iter: AsyncGenerator[bytes, None] | None = None
         self._first_deadline = 0.0
         self.retry_cause: WorkerError | None = None  # set while waiting to retry
+        self._pending: list[SSEEvent] = []  # read with the first event, mapped after Started
 
     # --- the task ------------------------------------------------------------------------
 
@@ -235,26 +238,32 @@ class _Reader:
                         status=status,
                     )
                 )
-            # Accepted only once the first event is known not to be an error.
+            # Accepted only once the first event is known not to be an error. Only that event
+            # decides; the rest of its read is mapped after `Started` (`_stream`), so that the
+            # outcome does not depend on how the bytes were chunked.
             out: list[Event] = []
             self._chunks_iter = chunks = self._chunks(response)
-            while self.mapper.events_seen == 0:
-                idle_deadline = sent_at + timeouts.idle
+            idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
+            pending: list[SSEEvent] = []
+            while not pending:
                 chunk = await self._next_chunk(
                     chunks, min(idle_deadline, first_deadline), first_deadline <= idle_deadline
                 )
                 if chunk is None:
-                    self._feed_eof(out)
-                    break
-                self._feed(chunk, out)
-            if self.mapper.error is not None and self.mapper.events_seen == 1:
+                    pending = self.decoder.close()
+                    if not pending:
+                        raise _Failed(
+                            make_error(
+                                ErrorKind.WORKER_RESET,
+                                "the upstream closed the stream before any event",
+                            )
+                        )
+                else:
+                    pending = self._decode(chunk)
+            self._map(pending[:1], out)
+            if self.mapper.error is not None:
                 raise _Failed(self.mapper.error)  # the first event is an error: not accepted
-            if self.mapper.events_seen == 0 and not self.mapper.done:
-                raise _Failed(
-                    make_error(
-                        ErrorKind.WORKER_RESET, "the upstream closed the stream before any event"
-                    )
-                )
+            self._pending = pending[1:]
         if scope.cancelled_caught:
             raise _Failed(
                 make_error(
@@ -286,6 +295,12 @@ class _Reader:
         chunks = self._chunks_iter
         assert chunks is not None
         mapper = self.mapper
+        pending, self._pending = self._pending, []
+        if pending and not mapper.done:  # what came in the same read as the first event
+            first_out: list[Event] = []
+            self._map(pending, first_out)
+            if first_out:
+                await self._emit(first_out)
         last_event = trio.current_time()
         while not mapper.done:
             deadline = last_event + idle
@@ -353,14 +368,17 @@ class _Reader:
 
     def _feed(self, chunk: bytes, out: list[Event]) -> bool:
         """Parse a chunk into `out`. True when it held at least one event."""
-        try:
-            events = self.decoder.feed(chunk)
-        except SSEError as exc:
-            raise _Failed(make_error(ErrorKind.PROTOCOL, f"malformed event stream: {exc}")) from exc
+        events = self._decode(chunk)
         if not events:
             return False
         self._map(events, out)
         return True
+
+    def _decode(self, chunk: bytes) -> list[SSEEvent]:
+        try:
+            return self.decoder.feed(chunk)
+        except SSEError as exc:
+            raise _Failed(make_error(ErrorKind.PROTOCOL, f"malformed event stream: {exc}")) from exc
 
     def _feed_eof(self, out: list[Event]) -> None:
         self._map(self.decoder.close(), out)
@@ -374,7 +392,10 @@ class _Reader:
                 if mapper.done:
                     break
         except (ProtocolError, msgspec.ValidationError) as exc:
-            raise _Failed(make_error(ErrorKind.PROTOCOL, str(exc))) from exc
+            # Ends the stream like an error event: the Tokens mapped before it in this read
+            # are still delivered (End.tokens_out counts them).
+            mapper.error = make_error(ErrorKind.PROTOCOL, str(exc))
+            mapper.done = True
         if mapper.next_index != before:
             now = trio.current_time()
             if self.first_token_at is None:

@@ -13,7 +13,6 @@ from ._script import Step as Step
 from ._script import Stream as Stream
 from ._script import chat_chunk as chat_chunk
 from ._script import completion_chunk as completion_chunk
-from ._script import expand_steps as expand_steps
 from ._script import render_stream as render_stream
 from ._script import split_words as split_words
 from ._script import sse as sse
@@ -36,7 +35,6 @@ __all__ = [
     "chat_chunk",
     "check_stream",
     "completion_chunk",
-    "expand_steps",
     "open_upstream",
     "render_stream",
     "split_words",

@@ -1,6 +1,7 @@
 """The event grammar of one task's stream, checked: what every test of a stream asserts.
 
-DESIGN.md, "Events": `Started Token* Metrics? End` or just `End`; `Metrics` before every `End`
+DESIGN.md, "Events": `Started Token* Metrics? End` or just `End` (other output deltas, such
+as reasoning or tool-call deltas, may sit among the Tokens); `Metrics` before every `End`
 that follows a `Started`, except a cancel's; exactly one `End`, last; `Token.index` consecutive
 from 0; `End.tokens_out` the number of Tokens; `End.error` set iff `reason == "error"`. Sans-IO,
 so a test, a fuzzer or an application's own checks can run it on a recorded stream.
@@ -41,11 +42,13 @@ def check_stream(events: Sequence[Event], *, tokens: Sequence[str] | None = None
         if rest and isinstance(rest[-1], Metrics):
             metrics = rest[-1]
             rest = rest[:-1]
-        for i, ev in enumerate(rest):
-            assert isinstance(ev, Token), f"only Tokens between Started and Metrics/End: {ev!r}"
-            assert ev.index == i, f"Token index {ev.index} at position {i}"
-            assert ev.text, "an empty Token"
-            texts.append(ev.text)
+        for ev in rest:
+            # other output deltas (reasoning, tool calls) may sit among the Tokens
+            assert not isinstance(ev, Started | Metrics), f"misplaced {ev!r}"
+            if isinstance(ev, Token):
+                assert ev.index == len(texts), f"Token index {ev.index} after {len(texts)} Tokens"
+                assert ev.text, "an empty Token"
+                texts.append(ev.text)
         if end.reason != "cancelled":
             assert metrics is not None, f"no Metrics before {end!r}"
         if metrics is not None:

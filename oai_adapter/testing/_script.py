@@ -24,7 +24,6 @@ __all__ = [
     "Stream",
     "chat_chunk",
     "completion_chunk",
-    "expand_steps",
     "render_stream",
     "split_words",
     "sse",

@@ -238,32 +238,34 @@ class _Reader:
                         status=status,
                     )
                 )
-            # Accepted only once the first event is known not to be an error. Only that event
-            # decides; the rest of its read is mapped after `Started` (`_stream`), so that the
-            # outcome does not depend on how the bytes were chunked.
+            # Accepted only once the first event the mapper counts is known not to be an
+            # error. Only that event decides; what follows it in the same read is mapped after
+            # `Started` (`_stream`), so the outcome does not depend on how bytes were chunked.
             out: list[Event] = []
             self._chunks_iter = chunks = self._chunks(response)
             idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
-            pending: list[SSEEvent] = []
-            while not pending:
+            mapper = self.mapper
+            self._pending = []
+            while mapper.events_seen == 0 and not mapper.done:
                 chunk = await self._next_chunk(
                     chunks, min(idle_deadline, first_deadline), first_deadline <= idle_deadline
                 )
+                events = self.decoder.close() if chunk is None else self._decode(chunk)
+                for i, event in enumerate(events):
+                    self._map([event], out)
+                    if mapper.events_seen or mapper.done:
+                        self._pending = events[i + 1 :]
+                        break
                 if chunk is None:
-                    pending = self.decoder.close()
-                    if not pending:
-                        raise _Failed(
-                            make_error(
-                                ErrorKind.WORKER_RESET,
-                                "the upstream closed the stream before any event",
-                            )
-                        )
-                else:
-                    pending = self._decode(chunk)
-            self._map(pending[:1], out)
-            if self.mapper.error is not None:
-                raise _Failed(self.mapper.error)  # the first event is an error: not accepted
-            self._pending = pending[1:]
+                    break
+            if mapper.error is not None:
+                raise _Failed(mapper.error)  # the first event is an error: not accepted
+            if mapper.events_seen == 0 and not mapper.done:
+                raise _Failed(
+                    make_error(
+                        ErrorKind.WORKER_RESET, "the upstream closed the stream before any event"
+                    )
+                )
         if scope.cancelled_caught:
             raise _Failed(
                 make_error(

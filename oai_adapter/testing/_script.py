@@ -236,5 +236,5 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
-    json: Any = field(default=None)
     at: float = 0.0  # trio time when the request was complete
+    json: Any = field(default=None)

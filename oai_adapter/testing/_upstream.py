@@ -135,9 +135,15 @@ class FakeUpstream:
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(self)
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+            await trio.serve_listeners(self._handle_quietly, listeners, handler_nursery=nursery)
 
     # --- connections ---------------------------------------------------------------------
+
+    async def _handle_quietly(self, stream: trio.abc.Stream) -> None:
+        try:
+            await self._handle(stream)
+        finally:
+            self._quiet.unpark_all()  # a connection ended: wake `wait_quiet`
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections_open += 1
@@ -166,7 +172,6 @@ class FakeUpstream:
         finally:
             await trio.aclose_forcefully(stream)
             self.connections_open -= 1
-            self._quiet.unpark_all()
 
     async def _read_request(
         self, conn: h11.Connection, stream: trio.abc.Stream

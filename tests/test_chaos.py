@@ -6,8 +6,8 @@ right), deliver a prefix of the upstream's text with no token lost or duplicated
 nothing went wrong; at the end the registry is empty and the upstream's connections and
 streams, this process's file descriptors and trio's living tasks are back to their baseline.
 
-Time runs on `autojump_clock`, so stalls and timeouts cost no wall time; the faults are seeded,
-so a failure names the seed that reproduces it.
+Time runs on `loopback_clock` (conftest.py), a virtual clock, so stalls and timeouts cost no
+wall time; the faults are seeded (`CHAOS_SEED`), so a failure can be replayed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from oai_adapter import (
     AdapterConfig,
@@ -157,7 +158,7 @@ def open_fds() -> int | None:
 
 @pytest.mark.slow
 async def test_chaos_thousands_of_faulty_streams_leak_nothing(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     rng = random.Random(SEED)
     upstream = FakeUpstream()

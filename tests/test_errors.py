@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 import trustme
+from trio.testing import MockClock
 
 from oai_adapter import (
     AdapterConfig,
@@ -43,7 +44,7 @@ from oai_adapter.testing import (
     sse,
 )
 
-DEADLINE = 600  # trio seconds, free under autojump_clock
+DEADLINE = 600  # trio seconds, free under loopback_clock
 POLICY = RetryPolicy(max_attempts=3, base=0.01, cap=0.05)
 RETRYABLE = {ErrorKind.ADMISSION_REJECT, ErrorKind.POOL_UNAVAILABLE}
 
@@ -114,7 +115,7 @@ def started(events: list[Event]) -> bool:
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("status", sorted(STATUS_TABLE))
 async def test_status_as_http_status(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str, status: int
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str, status: int
 ) -> None:
     kind = STATUS_TABLE[status]
     retryable = kind in RETRYABLE
@@ -137,7 +138,7 @@ async def test_status_as_http_status(
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("status", sorted(STATUS_TABLE))
 async def test_status_as_first_event_of_a_200_stream(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str, status: int
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str, status: int
 ) -> None:
     kind = STATUS_TABLE[status]
     retryable = kind in RETRYABLE
@@ -154,7 +155,7 @@ async def test_status_as_first_event_of_a_200_stream(
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("status", sorted(STATUS_TABLE))
 async def test_status_as_error_event_after_started(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str, status: int
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str, status: int
 ) -> None:
     upstream.script(Fault.error_event(after_tokens=1, type=None, code=status), Fault.ok())
     events = await run(upstream, api)
@@ -169,7 +170,7 @@ async def test_status_as_error_event_after_started(
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("status", REDIRECTS)
 async def test_redirect_is_policy_and_never_followed(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str, status: int
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str, status: int
 ) -> None:
     upstream.script(
         Fault.status(status, body=b"", headers=[("location", "http://elsewhere.test/v1")])
@@ -186,7 +187,7 @@ async def test_redirect_is_policy_and_never_followed(
 
 @pytest.mark.parametrize("api", APIS)
 async def test_model_not_found_code_wins_over_the_status(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str
 ) -> None:
     upstream.script(Fault.status(400, code="model_not_found", message="no model x"))
     error = error_of(await run(upstream, api))
@@ -195,7 +196,7 @@ async def test_model_not_found_code_wins_over_the_status(
 
 @pytest.mark.parametrize("api", APIS)
 async def test_500_with_an_sse_error_frame_as_body(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str
 ) -> None:
     frame = sse({"error": {"message": "litellm exploded", "type": "internal"}})
     upstream.script(Fault.status(500, body=frame, content_type="text/event-stream"))
@@ -209,7 +210,7 @@ async def test_500_with_an_sse_error_frame_as_body(
 
 @pytest.mark.parametrize("api", APIS)
 async def test_named_error_event_is_an_upstream_error_after_started(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str
 ) -> None:
     upstream.script(Fault.error_event(after_tokens=2, event="error", message="went wrong"))
     events = await run(upstream, api)
@@ -220,7 +221,7 @@ async def test_named_error_event_is_an_upstream_error_after_started(
 
 @pytest.mark.parametrize("api", APIS)
 async def test_rate_limit_event_as_first_event_is_admission_reject(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str
 ) -> None:
     upstream.script(*[Fault.error_event(type="rate_limit_error", code="rate_limit_exceeded")] * 3)
     events = await run(upstream, api)
@@ -244,7 +245,7 @@ async def test_rate_limit_event_as_first_event_is_admission_reject(
 )
 async def test_2xx_that_is_not_an_event_stream_is_protocol(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     api: str,
     status: int,
     content_type: str,
@@ -270,7 +271,7 @@ async def test_2xx_that_is_not_an_event_stream_is_protocol(
     ],
 )
 async def test_malformed_first_event_is_protocol_before_started(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str, data: bytes
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str, data: bytes
 ) -> None:
     upstream.script(Fault.malformed(data))
     events = await run(upstream, api)
@@ -282,7 +283,7 @@ async def test_malformed_first_event_is_protocol_before_started(
 
 @pytest.mark.parametrize("api", APIS)
 async def test_malformed_event_after_started_is_protocol(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str
 ) -> None:
     upstream.script(Fault.malformed(after_tokens=3), Fault.ok())
     events = await run(upstream, api)
@@ -294,7 +295,7 @@ async def test_malformed_event_after_started_is_protocol(
 
 
 async def test_malformed_event_in_the_same_read_as_the_first_ends_after_started(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # only the first event decides whether the upstream accepted: the outcome must not
     # depend on whether the malformed frame came in the first network read or the next
@@ -309,7 +310,7 @@ async def test_malformed_event_in_the_same_read_as_the_first_ends_after_started(
 
 
 async def test_tokens_before_a_malformed_event_in_the_same_read_are_delivered(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     frames = sse(chat_chunk("B")) + sse(chat_chunk("C")) + b"data: {oops\n\n"
     upstream.script(Reply(steps=[Stream(1), Send(frames)]))
@@ -330,7 +331,7 @@ async def test_tokens_before_a_malformed_event_in_the_same_read_are_delivered(
     ids=["reset", "garbage"],
 )
 async def test_connection_lost_before_the_headers_is_pool_unavailable(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: str, fault: Reply
+    upstream: FakeUpstream, loopback_clock: MockClock, api: str, fault: Reply
 ) -> None:
     upstream.script(*[fault] * 3)
     events = await run(upstream, api)
@@ -354,7 +355,7 @@ async def test_connection_lost_before_the_headers_is_pool_unavailable(
 )
 async def test_connection_lost_after_the_headers_is_worker_reset(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     api: str,
     fault: Reply,
     tokens: int | None,
@@ -387,7 +388,7 @@ async def test_connection_lost_after_the_headers_is_worker_reset(
 )
 async def test_timeouts_map_to_their_kinds(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     api: str,
     fault: Reply,
     kind: ErrorKind,
@@ -408,6 +409,7 @@ async def test_timeouts_map_to_their_kinds(
 async def test_untrusted_tls_certificate_is_policy_and_not_retried(
     nursery: trio.Nursery,
 ) -> None:
+    # real time: "localhost" is resolved in a worker thread, which a virtual clock would jump past
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
@@ -424,7 +426,7 @@ async def test_untrusted_tls_certificate_is_policy_and_not_retried(
 
 
 async def test_cancel_raises_cancelled_from_raise_for_error(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.stall_after(2))
     with trio.fail_after(DEADLINE):

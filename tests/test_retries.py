@@ -3,7 +3,7 @@
 honoured and clipped to `cap`; `max_attempts` counts every attempt; a WARNING per retry.
 
 The jitter is made exact by replacing `adapter.rng` with one that returns the ceiling it was
-given, and time runs on `autojump_clock`, so the gap between two attempts as the upstream saw
+given, and time runs on `loopback_clock`, so the gap between two attempts as the upstream saw
 them *is* the backoff.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 from loguru import logger
+from trio.testing import MockClock
 
 from oai_adapter import (
     AdapterConfig,
@@ -36,7 +37,7 @@ from oai_adapter import (
 from oai_adapter._events import Event
 from oai_adapter.testing import FakeUpstream, Fault, Reply, check_stream
 
-DEADLINE = 600  # trio seconds, free under autojump_clock
+DEADLINE = 600  # trio seconds, free under loopback_clock
 POLICY = RetryPolicy(max_attempts=4, base=0.1, cap=0.3)
 
 
@@ -116,7 +117,7 @@ RETRYABLE_STATUSES = [
 @pytest.mark.parametrize(("status", "kind"), RETRYABLE_STATUSES)
 async def test_retryable_status_is_retried_with_capped_full_jitter(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     status: int,
     kind: ErrorKind,
@@ -142,7 +143,7 @@ async def test_retryable_status_is_retried_with_capped_full_jitter(
 
 
 async def test_jitter_draws_from_zero_to_the_ceiling(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     class FloorRng(CeilingRng):
         def uniform(self, a: float, b: float) -> float:
@@ -158,7 +159,7 @@ async def test_jitter_draws_from_zero_to_the_ceiling(
 
 
 async def test_seeded_jitter_stays_under_the_ceiling(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(*[Fault.status(503)] * 3)
     await run_one(upstream, rng=random.Random(1234))
@@ -185,7 +186,7 @@ def _http_date(seconds_from_now: float) -> str:
     ],
 )
 async def test_retry_after_is_honoured_and_clipped_to_cap(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, headers: dict[str, str], delay: float
+    upstream: FakeUpstream, loopback_clock: MockClock, headers: dict[str, str], delay: float
 ) -> None:
     upstream.script(Fault.status(429, **headers))
     events, _ = await run_one(upstream)
@@ -195,7 +196,7 @@ async def test_retry_after_is_honoured_and_clipped_to_cap(
 
 
 async def test_retry_after_of_the_last_attempt_is_reported(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(*[Fault.status(429, retry_after="7")] * 2)
     events, _ = await run_one(upstream, RetryPolicy(max_attempts=2, base=0.1, cap=0.3))
@@ -208,7 +209,7 @@ async def test_retry_after_of_the_last_attempt_is_reported(
 @pytest.mark.parametrize("max_attempts", [1, 2, 5])
 async def test_max_attempts_counts_every_attempt(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     max_attempts: int,
 ) -> None:
@@ -240,7 +241,7 @@ NON_RETRYABLE_STATUSES = [
 @pytest.mark.parametrize(("status", "kind"), NON_RETRYABLE_STATUSES)
 async def test_non_retryable_status_is_not_retried(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     status: int,
     kind: ErrorKind,
@@ -281,7 +282,7 @@ MID_STREAM_FAULTS = [
 @pytest.mark.parametrize(("fault", "kind"), MID_STREAM_FAULTS)
 async def test_no_retry_once_started_whatever_fails(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     fault: Reply,
     kind: ErrorKind,
@@ -325,7 +326,7 @@ FIRST_EVENT_ERRORS = [
 @pytest.mark.parametrize(("fields", "kind", "retried"), FIRST_EVENT_ERRORS)
 async def test_error_as_first_event_stands_for_its_status(
     upstream: FakeUpstream,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
     fields: dict[str, Any],
     kind: ErrorKind,
     retried: bool,
@@ -344,7 +345,7 @@ async def test_error_as_first_event_stands_for_its_status(
 
 
 async def test_error_as_first_event_on_every_attempt_reports_its_kind(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(*[Fault.error_event(type="rate_limit_error")] * 4)
     events, _ = await run_one(upstream)
@@ -355,7 +356,7 @@ async def test_error_as_first_event_on_every_attempt_reports_its_kind(
 
 
 async def test_connection_lost_before_the_headers_is_retried(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.reset_before_headers(), Fault.garbage_before_headers(), Fault.ok())
     events, _ = await run_one(upstream)
@@ -364,7 +365,7 @@ async def test_connection_lost_before_the_headers_is_retried(
 
 
 async def test_connect_refused_is_retried_then_pool_unavailable(
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -385,7 +386,7 @@ async def test_connect_refused_is_retried_then_pool_unavailable(
 
 
 async def test_health_of_a_loading_upstream_retries_then_reports_not_ready(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.loading = True
     with trio.fail_after(DEADLINE):
@@ -400,7 +401,7 @@ async def test_health_of_a_loading_upstream_retries_then_reports_not_ready(
 
 
 async def test_health_of_a_refused_connection_is_not_live_after_retries(
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -416,7 +417,7 @@ async def test_health_of_a_refused_connection_is_not_live_after_retries(
 
 
 async def test_probe_is_not_retried_on_a_non_retryable_status(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     upstream = FakeUpstream(api_key="right-key")
     await nursery.start(upstream.serve)

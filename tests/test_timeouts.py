@@ -2,8 +2,8 @@
 and not before, with the kind and message the error table gives; keep-alive bytes do not hold
 `idle` off; a slow consumer is backpressure, not a timeout; cleanup that hangs is abandoned.
 
-Timing runs on `autojump_clock`: the clock jumps to the next deadline when every task waits,
-so "fired at 2.0 s" is a fact about the deadline, not a measured speed.
+Timing runs on `loopback_clock` (conftest.py): a virtual clock that jumps to the next deadline
+when every task waits, so "fired at 2.0 s" is a fact about the deadline, not a measured speed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import httpx2
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from oai_adapter import (
     AdapterConfig,
@@ -31,7 +32,7 @@ from oai_adapter import (
 from oai_adapter._task import CLEANUP_GRACE
 from oai_adapter.testing import FakeUpstream, Fault, chat_chunk, check_stream, sse
 
-DEADLINE = 600  # trio seconds; the autojump clock makes them free
+DEADLINE = 600  # trio seconds; the virtual clock makes them free
 
 
 def config(base_url: str, model: str = "test-model", **timeouts: float) -> AdapterConfig:
@@ -67,7 +68,7 @@ def token_times(events: list[tuple[float, Event]]) -> list[float]:
 
 
 async def test_first_token_fires_on_a_stall_before_the_headers(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.stall_before_headers())
     with trio.fail_after(DEADLINE):
@@ -85,7 +86,7 @@ async def test_first_token_fires_on_a_stall_before_the_headers(
 
 
 async def test_first_token_fires_on_a_stall_after_the_headers(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.stall_after_headers())
     with trio.fail_after(DEADLINE):
@@ -101,7 +102,7 @@ async def test_first_token_fires_on_a_stall_after_the_headers(
 
 
 async def test_first_token_fires_after_started_when_no_token_follows(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # chat's role-only delta is an event (Started is emitted) but not a Token
     upstream.script(Fault.stall_after(0))
@@ -117,7 +118,7 @@ async def test_first_token_fires_after_started_when_no_token_follows(
 
 
 async def test_keepalive_comments_do_not_hold_off_first_token(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.keepalive_drip(0.25))
     with trio.fail_after(DEADLINE):
@@ -133,7 +134,7 @@ async def test_keepalive_comments_do_not_hold_off_first_token(
 
 
 async def test_idle_fires_when_the_stream_stalls_mid_way(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.stall_after(3))
     with trio.fail_after(DEADLINE):
@@ -150,7 +151,7 @@ async def test_idle_fires_when_the_stream_stalls_mid_way(
 
 
 async def test_keepalive_comments_do_not_defeat_idle(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # a comment every 0.2 s keeps the socket busy, but no event comes: idle must still fire
     upstream.script(Fault.keepalive_drip(0.2, after_tokens=2))
@@ -166,7 +167,7 @@ async def test_keepalive_comments_do_not_defeat_idle(
 
 
 async def test_keepalive_bytes_outside_sse_comments_do_not_defeat_idle(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # bare blank lines (some proxies' keep-alive) parse to no event either
     upstream.script(Fault.keepalive_drip(0.2, after_tokens=1, comment=b"\n"))
@@ -179,7 +180,7 @@ async def test_keepalive_bytes_outside_sse_comments_do_not_defeat_idle(
 
 
 async def test_no_timeout_fires_early_on_a_slow_but_live_stream(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # each gap just under idle, the first token just under first_token, the whole stream
     # longer than both: a normal end
@@ -196,7 +197,7 @@ async def test_no_timeout_fires_early_on_a_slow_but_live_stream(
 
 
 async def test_keepalive_gap_shorter_than_idle_does_not_fire(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.keepalive_drip(0.5, count=5, after_tokens=2))  # a 2.5 s gap
     with trio.fail_after(DEADLINE):
@@ -208,7 +209,7 @@ async def test_keepalive_gap_shorter_than_idle_does_not_fire(
 
 
 async def test_a_slow_consumer_gets_backpressure_not_an_idle_timeout(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     tokens: list[str] = []
     with trio.fail_after(DEADLINE):
@@ -228,7 +229,7 @@ async def test_a_slow_consumer_gets_backpressure_not_an_idle_timeout(
 
 
 async def test_total_fires_on_a_stream_that_is_live_but_too_long(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.ok(pace=0.5))
     with trio.fail_after(DEADLINE):
@@ -247,7 +248,7 @@ async def test_total_fires_on_a_stream_that_is_live_but_too_long(
 
 
 async def test_total_fires_during_a_retry_backoff(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.status(429, retry_after="30"), Fault.ok())
     cfg = AdapterConfig(
@@ -270,7 +271,7 @@ async def test_total_fires_during_a_retry_backoff(
 
 
 async def test_total_bounds_the_retries_together(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # attempts that each answer 503 after a 1.5 s stall: total stops the second one at 2 s
     upstream.script(*[dataclasses.replace(Fault.status(503), delay=1.5)] * 3)
@@ -309,7 +310,7 @@ def blackhole() -> AsyncIterator[int]:
 
 
 async def test_connect_timeout_is_pool_unavailable_and_retried(
-    blackhole: int, autojump_clock: trio.abc.Clock
+    blackhole: int, loopback_clock: MockClock
 ) -> None:
     cfg = AdapterConfig(
         base_url=f"http://127.0.0.1:{blackhole}/v1",
@@ -365,7 +366,7 @@ class _HangingTransport(httpx2.AsyncBaseTransport):
 
 
 async def test_a_close_that_hangs_is_abandoned_after_the_grace(
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
 ) -> None:
     # the body is never read (not an event stream), so the reader's own cleanup closes it
     transport = _HangingTransport(content_type="application/json")
@@ -380,7 +381,7 @@ async def test_a_close_that_hangs_is_abandoned_after_the_grace(
 
 
 async def test_a_cancel_with_a_close_that_hangs_ends_within_the_grace(
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
 ) -> None:
     # the consumer does not read, the channel fills, the reader waits on it; then a cancel
     transport = _HangingTransport(tokens=200)
@@ -400,7 +401,7 @@ async def test_a_cancel_with_a_close_that_hangs_ends_within_the_grace(
 
 
 async def test_leaving_the_block_with_a_close_that_hangs_is_bounded(
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: MockClock,
 ) -> None:
     transport = _HangingTransport(tokens=200)
     with trio.fail_after(DEADLINE):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx2
 import pytest
@@ -23,6 +23,7 @@ from oai_adapter import (
     End,
     ErrorKind,
     Event,
+    Metrics,
     OpenAIAdapter,
     RetryPolicy,
     TaskRequest,
@@ -238,7 +239,7 @@ async def test_total_fires_on_a_stream_that_is_live_but_too_long(
         ) as a:
             events = await timed(a)
     at, end = end_of(events)
-    assert events[-2][1].__class__.__name__ == "Metrics"
+    assert isinstance(events[-2][1], Metrics)
     assert end.error is not None
     assert end.error.kind is ErrorKind.DEADLINE_UNMET
     assert "total" in end.error.message
@@ -295,7 +296,7 @@ async def test_total_bounds_the_retries_together(
 
 
 @pytest.fixture
-def blackhole() -> AsyncIterator[int]:
+def blackhole() -> Iterator[int]:
     """A port whose accept queue is full: a connect to it hangs (SYNs are dropped)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -303,7 +304,7 @@ def blackhole() -> AsyncIterator[int]:
     port = server.getsockname()[1]
     filler = socket.create_connection(("127.0.0.1", port))
     try:
-        yield port  # type: ignore[misc]
+        yield port
     finally:
         filler.close()
         server.close()

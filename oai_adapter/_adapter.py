@@ -8,6 +8,7 @@ what may block is `async`), and it is safe from any task of the same trio run.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class OpenAIAdapter:
         self.endpoint = config.base_url + endpoint_path(config.api)
         self.engine_version_cache: str | None = None
         self.litellm_version: str | None = None  # from `x-litellm-version` on a stream response
+        self.rng = random.Random()  # retry jitter; tests may seed or replace it
 
     # --- lifetime ------------------------------------------------------------------------
 

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import enum
 import ssl
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import httpx2
 import msgspec
 
 from ._redact import redact
+
+if TYPE_CHECKING:
+    from ._config import Timeouts
 
 
 class ErrorKind(enum.StrEnum):
@@ -265,11 +268,14 @@ def _clip(message: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def error_from_transport(exc: BaseException, *, after_headers: bool) -> WorkerError:
+def error_from_transport(
+    exc: BaseException, *, after_headers: bool, timeouts: Timeouts | None = None
+) -> WorkerError:
     """The error for an exception raised by the HTTP client.
 
     Before the response headers a lost connection means the pool could not serve us
     (`POOL_UNAVAILABLE`, retried); after them it is a `WORKER_RESET` (never retried).
+    `timeouts`, when given, names the value of a timeout that fired in the message.
     """
     if _is_tls_failure(exc):
         return make_error(
@@ -285,7 +291,13 @@ def error_from_transport(exc: BaseException, *, after_headers: bool) -> WorkerEr
             ErrorKind.WORKER_RESET, f"connection lost during the stream ({_name(exc)})"
         )
     if isinstance(exc, httpx2.ConnectTimeout):
-        return make_error(ErrorKind.POOL_UNAVAILABLE, "connect timed out")
+        within = f" within {timeouts.connect:g} s" if timeouts is not None else ""
+        return make_error(ErrorKind.POOL_UNAVAILABLE, f"connect timeout: no connection{within}")
+    if isinstance(exc, httpx2.WriteTimeout):
+        within = f" within {timeouts.idle:g} s (idle)" if timeouts is not None else ""
+        return make_error(
+            ErrorKind.POOL_UNAVAILABLE, f"write timeout: the request was not sent{within}"
+        )
     if isinstance(exc, httpx2.ConnectError):
         return make_error(ErrorKind.POOL_UNAVAILABLE, f"connect failed ({_name(exc)})")
     return make_error(

@@ -62,7 +62,7 @@ async def _get(adapter: OpenAIAdapter, url: str) -> _Answer:
                     httpx2.ReadTimeout("probe timed out"), after_headers=False
                 )
             except (httpx2.HTTPError, OSError) as exc:
-                error = error_from_transport(exc, after_headers=False)
+                error = error_from_transport(exc, after_headers=False, timeouts=config.timeouts)
             else:
                 answer = _Answer(response.status_code, response.content, response.headers)
                 if response.status_code < 400 or attempt >= policy.max_attempts:
@@ -74,7 +74,7 @@ async def _get(adapter: OpenAIAdapter, url: str) -> _Answer:
                     return answer
             if error.kind not in RETRYABLE or attempt >= policy.max_attempts:
                 raise error
-            delay = backoff_delay(policy, attempt, error.retry_after_ms)
+            delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=adapter.rng)
             adapter_log(
                 adapter,
                 probe=httpx2.URL(url).path,

@@ -10,9 +10,10 @@ Deadlines (DESIGN.md, "Configuration"): `total` bounds the whole task, retries a
 included; until the first output delta (a Token, or a ReasoningDelta or ToolCallDelta: a
 reasoning model or a tool-call-only answer may stream long before, or without, any text) the
 read deadline is `first_token` after the request was sent (headers included), and every read
-is also bounded by `idle` after the last parsed event. SSE comments and keep-alive bytes parse
-to no event and so do not move the idle deadline; time spent blocked on a full channel (a slow
-consumer) does, since that is backpressure, not upstream silence. Connect is bounded by httpx2 (`Timeouts.connect`).
+is also bounded by `idle` after the last parsed event (before the first one: after the response
+headers). SSE comments and keep-alive bytes parse to no event and so do not move the idle
+deadline; time spent blocked on a full channel (a slow consumer) does, since that is
+backpressure, not upstream silence. Connect is bounded by httpx2 (`Timeouts.connect`).
 
 Invariants: at most one `Started`, and never a retry after it; exactly one `End` unless the
 task was cancelled (then the consumer makes `End(cancelled)`); the upstream response is closed,
@@ -34,7 +35,7 @@ from ._http import http_version, request_id
 from ._mappers import ChatMapper, Mapper, ProtocolError
 from ._responses import ResponsesMapper
 from ._retry import backoff_delay, retry_after_ms
-from ._sse import SSEDecoder, SSEError
+from ._sse import SSEDecoder, SSEError, SSEEvent
 
 if TYPE_CHECKING:
     from ._adapter import OpenAIAdapter
@@ -103,6 +104,7 @@ class _Reader:
     __slots__ = (
         "_chunks_iter",
         "_first_deadline",
+        "_pending",
         "adapter",
         "body",
         "decoder",
@@ -113,6 +115,7 @@ class _Reader:
         "output_seen",
         "req",
         "response",
+        "retry_cause",
         "send",
         "started",
         "started_at",
@@ -148,6 +151,8 @@ class _Reader:
         self.last_token_at: float | None = None
         self._chunks_iter: AsyncGenerator[bytes, None] | None = None
         self._first_deadline = 0.0
+        self.retry_cause: WorkerError | None = None  # set while waiting to retry
+        self._pending: list[SSEEvent] = []  # read with the first event, mapped after Started
 
     # --- the task ------------------------------------------------------------------------
 
@@ -163,9 +168,15 @@ class _Reader:
             finally:
                 await self._close_response()
         if total_scope.cancelled_caught:
+            cause = self.retry_cause
             error = make_error(
                 ErrorKind.DEADLINE_UNMET,
-                f"total timeout: the task took longer than {timeouts.total:g} s",
+                f"total timeout: the task took longer than {timeouts.total:g} s"
+                + (
+                    f" (waiting to retry after: {cause.kind.value}: {cause.message})"
+                    if cause is not None
+                    else ""
+                ),
             )
         await self._finish(error)
 
@@ -184,7 +195,7 @@ class _Reader:
                 await self._close_response()
                 if not error.retryable or attempt >= policy.max_attempts:
                     raise
-                delay = backoff_delay(policy, attempt, error.retry_after_ms)
+                delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=self.adapter.rng)
                 self.tlog.warning(
                     f"attempt {attempt} failed ({error.kind.value}"
                     f"{f', status {error.status}' if error.status else ''}: {error.message}), "
@@ -194,7 +205,9 @@ class _Reader:
                     retryable=error.retryable,
                     retry_after_ms=error.retry_after_ms,
                 )
-                await trio.sleep(delay)
+                self.retry_cause = error
+                await trio.sleep(delay)  # within `total`: a backoff past it ends as DEADLINE_UNMET
+                self.retry_cause = None
                 self.mapper = MAPPERS[self.adapter.config.api](
                     self.req.task_id, max_tokens=_token_limit(self.req)
                 )
@@ -218,7 +231,8 @@ class _Reader:
             except WorkerError as exc:
                 raise _Failed(exc) from exc
             except (httpx2.HTTPError, OSError) as exc:
-                raise _Failed(error_from_transport(exc, after_headers=False)) from exc
+                error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
+                raise _Failed(error) from exc
             status = response.status_code
             if not 200 <= status < 300:
                 raw = await self._read_error_body(response)
@@ -233,21 +247,29 @@ class _Reader:
                         status=status,
                     )
                 )
-            # Accepted only once the first event is known not to be an error.
+            # Accepted only once the first event the mapper counts is known not to be an
+            # error. Only that event decides; what follows it in the same read is mapped after
+            # `Started` (`_stream`), so the outcome does not depend on how bytes were chunked.
             out: list[Event] = []
             self._chunks_iter = chunks = self._chunks(response)
-            while self.mapper.events_seen == 0:
-                idle_deadline = sent_at + timeouts.idle
+            idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
+            mapper = self.mapper
+            self._pending = []
+            while mapper.events_seen == 0 and not mapper.done:
                 chunk = await self._next_chunk(
                     chunks, min(idle_deadline, first_deadline), first_deadline <= idle_deadline
                 )
+                events = self.decoder.close() if chunk is None else self._decode(chunk)
+                for i, event in enumerate(events):
+                    self._map([event], out)
+                    if mapper.events_seen or mapper.done:
+                        self._pending = events[i + 1 :]
+                        break
                 if chunk is None:
-                    self._feed_eof(out)
                     break
-                self._feed(chunk, out)
-            if self.mapper.error is not None and self.mapper.events_seen == 1:
-                raise _Failed(self.mapper.error)  # the first event is an error: not accepted
-            if self.mapper.events_seen == 0 and not self.mapper.done:
+            if mapper.error is not None:
+                raise _Failed(mapper.error)  # the first event is an error: not accepted
+            if mapper.events_seen == 0 and not mapper.done:
                 raise _Failed(
                     make_error(
                         ErrorKind.WORKER_RESET, "the upstream closed the stream before any event"
@@ -284,6 +306,12 @@ class _Reader:
         chunks = self._chunks_iter
         assert chunks is not None
         mapper = self.mapper
+        pending, self._pending = self._pending, []
+        if pending and not mapper.done:  # what came in the same read as the first event
+            first_out: list[Event] = []
+            self._map(pending, first_out)
+            if first_out:
+                await self._emit(first_out)
         last_event = trio.current_time()
         while not mapper.done:
             deadline = last_event + idle
@@ -351,14 +379,17 @@ class _Reader:
 
     def _feed(self, chunk: bytes, out: list[Event]) -> bool:
         """Parse a chunk into `out`. True when it held at least one event."""
-        try:
-            events = self.decoder.feed(chunk)
-        except SSEError as exc:
-            raise _Failed(make_error(ErrorKind.PROTOCOL, f"malformed event stream: {exc}")) from exc
+        events = self._decode(chunk)
         if not events:
             return False
         self._map(events, out)
         return True
+
+    def _decode(self, chunk: bytes) -> list[SSEEvent]:
+        try:
+            return self.decoder.feed(chunk)
+        except SSEError as exc:
+            raise _Failed(make_error(ErrorKind.PROTOCOL, f"malformed event stream: {exc}")) from exc
 
     def _feed_eof(self, out: list[Event]) -> None:
         self._map(self.decoder.close(), out)
@@ -373,7 +404,10 @@ class _Reader:
                 if mapper.done:
                     break
         except (ProtocolError, msgspec.ValidationError) as exc:
-            raise _Failed(make_error(ErrorKind.PROTOCOL, str(exc))) from exc
+            # Ends the stream like an error event: the Tokens mapped before it in this read
+            # are still delivered (End.tokens_out counts them).
+            mapper.error = make_error(ErrorKind.PROTOCOL, str(exc))
+            mapper.done = True
         if len(out) != produced:
             self.output_seen = True
         if mapper.next_index != before:

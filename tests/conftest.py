@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from oai_adapter import AdapterConfig, OpenAIAdapter, RetryPolicy
 from oai_adapter.testing import FakeUpstream
@@ -35,3 +36,20 @@ def make_config(upstream: FakeUpstream, **overrides: object) -> AdapterConfig:
 async def adapter(upstream: FakeUpstream) -> AsyncIterator[OpenAIAdapter]:
     async with OpenAIAdapter(make_config(upstream)) as a:
         yield a
+
+
+#: Real seconds of idleness before `loopback_clock` jumps.
+JUMP_AFTER_IDLE = 0.002
+
+
+@pytest.fixture
+def loopback_clock() -> MockClock:
+    """A virtual clock for tests that also use real loopback sockets.
+
+    `autojump_clock` jumps to the next deadline the moment no task can run and the I/O poll
+    finds nothing ready. On a loaded machine the kernel may hand loopback packets to ksoftirqd
+    instead of delivering them within `send()`, and a clock that jumps then fires a timeout real
+    time never would. This one waits for a moment of real idleness first; virtual time still
+    moves only by jumps, so "fired at 2.0 s" stays exact.
+    """
+    return MockClock(autojump_threshold=JUMP_AFTER_IDLE)

@@ -3,6 +3,8 @@ chat, completions and responses and plays scripted faults. See `FakeUpstream` (H
 `H2Upstream` (HTTP/2: h2c or TLS with ALPN, with a record of the RST_STREAM and GOAWAY frames it
 received)."""
 
+from ._faults import Fault as Fault
+from ._grammar import check_stream as check_stream
 from ._h2upstream import Gate as Gate
 from ._h2upstream import GoAway as GoAway
 from ._h2upstream import H2Upstream as H2Upstream
@@ -19,6 +21,7 @@ from ._script import ScriptedToolCall as ScriptedToolCall
 from ._script import Send as Send
 from ._script import Sleep as Sleep
 from ._script import Step as Step
+from ._script import Stream as Stream
 from ._script import chat_chunk as chat_chunk
 from ._script import completion_chunk as completion_chunk
 from ._script import render_chat_deltas as render_chat_deltas
@@ -34,6 +37,7 @@ from ._upstream import open_upstream as open_upstream
 __all__ = [
     "DEFAULT_TEXT",
     "FakeUpstream",
+    "Fault",
     "Gate",
     "GoAway",
     "H2Upstream",
@@ -48,8 +52,10 @@ __all__ = [
     "Send",
     "Sleep",
     "Step",
+    "Stream",
     "UpdateSettings",
     "chat_chunk",
+    "check_stream",
     "completion_chunk",
     "open_h2_upstream",
     "open_upstream",

@@ -29,6 +29,7 @@ __all__ = [
     "Send",
     "Sleep",
     "Step",
+    "Stream",
     "chat_chunk",
     "completion_chunk",
     "render_chat_deltas",
@@ -44,9 +45,11 @@ _json = msgspec.json.Encoder()
 
 @dataclass(frozen=True)
 class Send:
-    """Write these bytes (one socket write)."""
+    """Write these bytes (one socket write). `token`: this frame carries one token of the
+    normal stream (what `Stream(n)` counts)."""
 
     data: bytes
+    token: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,49 @@ class Reset:
 
 @dataclass(frozen=True)
 class Hang:
-    """Stop sending and keep the connection open until the client goes away."""
+    """Stop sending and keep the connection open until the client goes away; with `drip`,
+    send those bytes (a keep-alive comment) every `every` seconds meanwhile."""
+
+    drip: bytes = b""
+    every: float = 1.0
 
 
-Step = Send | Sleep | Reset | Hang
+@dataclass(frozen=True)
+class Stream:
+    """Play on the request's normal stream from where the last `Stream` step stopped: through
+    `tokens` more token frames (0: only what precedes the next token, e.g. chat's role-only
+    delta), or to its end — finish, usage and `[DONE]` — when `tokens` is None. `pace`
+    pauses before each token frame (a slow drip)."""
+
+    tokens: int | None = None
+    pace: float = 0.0
+
+
+Step = Send | Sleep | Reset | Hang | Stream
+
+
+def expand_steps(steps: Iterable[Step], normal: Sequence[Step]) -> list[Step]:
+    """`steps` with every `Stream` replaced by its part of `normal` (the request's normal
+    stream, whose token frames are `Send(..., token=True)`)."""
+    out: list[Step] = []
+    pos = 0
+    for step in steps:
+        if not isinstance(step, Stream):
+            out.append(step)
+            continue
+        left = step.tokens
+        while pos < len(normal):
+            item = normal[pos]
+            if isinstance(item, Send) and item.token:
+                if left == 0:
+                    break
+                if left is not None:
+                    left -= 1
+                if step.pace:
+                    out.append(Sleep(step.pace))
+            out.append(item)
+            pos += 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,9 +118,10 @@ class Reply:
     status: int = 200
     headers: Sequence[tuple[str, str]] = ()
     body: bytes = b""
-    delay: float = 0.0  # before the status line (a stall before the headers)
+    delay: float = 0.0  # before the status line (a stall before the headers; inf: forever)
     steps: Sequence[Step] | None = None
     content_type: str | None = None  # default: event stream for 2xx, JSON otherwise
+    before: Sequence[Step] = ()  # played before the status line (raw bytes, a reset, a hang)
 
     @classmethod
     def status_only(cls, status: int, body: bytes | dict[str, Any] = b"", **headers: str) -> Reply:
@@ -184,7 +227,7 @@ def render_stream(
             if api == "chat"
             else completion_chunk(token, model=model)
         )
-        steps.append(Send(sse(chunk)))
+        steps.append(Send(sse(chunk), token=True))
     if api == "chat":
         steps.append(Send(sse(chat_chunk(None, finish=finish, model=model))))
         if usage is not None:
@@ -204,6 +247,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # trio time when the request was complete
     json: Any = field(default=None)
 
 

@@ -36,6 +36,8 @@ from ._script import (
     Send,
     Sleep,
     Step,
+    Stream,
+    expand_steps,
     render_responses_stream,
     render_stream,
     split_words,
@@ -92,6 +94,8 @@ class FakeUpstream:
         self.slots = slots
         self.n_ctx = n_ctx
         self.replies: deque[Reply] = deque()
+        self.replies_for: dict[str, deque[Reply]] = {}  # by X-Correlation-Id
+        self._quiet = trio.lowlevel.ParkingLot()  # unparked whenever a connection/stream ends
         self.requests: list[RecordedRequest] = []
         self.connections_open = 0
         self.connections_total = 0
@@ -114,6 +118,25 @@ class FakeUpstream:
         """Queue replies for the next completion requests, one each, in order."""
         self.replies.extend(replies)
 
+    def script_for(self, correlation_id: str, *replies: Reply) -> None:
+        """Queue replies for the completion requests that carry this `X-Correlation-Id`, so
+        that concurrent tasks each meet their own faults. They go before `script()`'s queue."""
+        self.replies_for.setdefault(correlation_id, deque()).extend(replies)
+
+    def _next_reply(self, req: RecordedRequest) -> Reply:
+        queue = self.replies_for.get(req.headers.get("x-correlation-id", ""))
+        if queue:
+            reply = queue.popleft()
+            if not queue:
+                del self.replies_for[req.headers["x-correlation-id"]]
+            return reply
+        return self.replies.popleft() if self.replies else Reply()
+
+    async def wait_quiet(self, connections: int = 0) -> None:
+        """Wait until no stream and at most `connections` connections are open."""
+        while self.streams_open > 0 or self.connections_open > connections:
+            await self._quiet.park()
+
     def completion_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST"]
 
@@ -124,9 +147,15 @@ class FakeUpstream:
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(self)
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+            await trio.serve_listeners(self._handle_quietly, listeners, handler_nursery=nursery)
 
     # --- connections ---------------------------------------------------------------------
+
+    async def _handle_quietly(self, stream: trio.abc.Stream) -> None:
+        try:
+            await self._handle(stream)
+        finally:
+            self._quiet.unpark_all()  # a connection ended: wake `wait_quiet`
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections_open += 1
@@ -189,6 +218,7 @@ class FakeUpstream:
                     headers=headers,
                     body=bytes(body),
                     json=parsed,
+                    at=trio.current_time(),
                 )
                 self.requests.append(request)
                 return request
@@ -309,9 +339,10 @@ class FakeUpstream:
         req: RecordedRequest,
         path: str,
     ) -> bool:
-        reply = self.replies.popleft() if self.replies else Reply()
-        if reply.delay:
-            await trio.sleep(reply.delay)
+        reply = self._next_reply(req)
+        before = [*([Sleep(reply.delay)] if reply.delay else []), *reply.before]
+        if before and not await self._play(conn, stream, sock, before, raw=True):
+            return False
         ok, token = self._authorized(req)
         if not ok:
             await self._send_plain(conn, stream, 401, self._unauthorized(token))
@@ -325,7 +356,10 @@ class FakeUpstream:
                 conn, stream, reply.status, reply.body, reply.headers, reply.content_type
             )
             return True
-        steps = list(reply.steps) if reply.steps is not None else self._default_steps(req, path)
+        steps = expand_steps(
+            reply.steps if reply.steps is not None else [Stream()],
+            self._default_steps(req, path),
+        )
         content_type = reply.content_type or "text/event-stream"
         hdrs = [
             ("content-type", content_type),
@@ -369,9 +403,16 @@ class FakeUpstream:
         )
 
     async def _play(
-        self, conn: h11.Connection, stream: trio.abc.Stream, sock: Any, steps: list[Step]
+        self,
+        conn: h11.Connection,
+        stream: trio.abc.Stream,
+        sock: Any,
+        steps: list[Step],
+        *,
+        raw: bool = False,
     ) -> bool:
-        """Send the steps while watching for the client going away. True: keep the connection."""
+        """Send the steps while watching for the client going away. True: keep the connection.
+        `raw`: before the status line — bytes go out as they are and the response is not ended."""
         gone = False
         self.streams_open += 1
         try:
@@ -396,20 +437,27 @@ class FakeUpstream:
                 try:
                     for step in steps:
                         if isinstance(step, Send):
-                            await stream.send_all(conn.send(h11.Data(data=step.data)) or b"")
+                            data = step.data if raw else conn.send(h11.Data(data=step.data))
+                            await stream.send_all(data or b"")
                         elif isinstance(step, Sleep):
                             await trio.sleep(step.seconds)
                         elif isinstance(step, Reset):
                             _abort(sock)
                             return False
                         elif isinstance(step, Hang):
+                            while step.drip:
+                                await trio.sleep(step.every)
+                                data = step.drip if raw else conn.send(h11.Data(data=step.drip))
+                                await stream.send_all(data or b"")
                             await trio.sleep_forever()
-                    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+                    if not raw:
+                        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     gone = True
                 nursery.cancel_scope.cancel()
         finally:
             self.streams_open -= 1
+            self._quiet.unpark_all()
             if gone:
                 self.disconnects += 1
                 self.disconnected.set()

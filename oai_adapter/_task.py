@@ -47,6 +47,13 @@ CLEANUP_GRACE: Final = 1.0
 #: Most bytes of an error response body read to find the upstream's message.
 _MAX_ERROR_BODY: Final = 64 * 1024
 
+#: After `[DONE]`, how long and how many bytes the reader spends reading the response to its
+#: end, so that HTTP/1.1 gives the connection back to the pool instead of closing it (a closed
+#: one costs the next task a TCP connect, and a TLS handshake). Servers end the body right
+#: after `[DONE]`; one that does not is closed after this grace, as before.
+DRAIN_GRACE: Final = 0.05
+_MAX_DRAIN_BYTES: Final = 64 * 1024
+
 MAPPERS: Final[dict[str, type[Mapper]]] = {"chat": ChatMapper, "completions": ChatMapper}
 
 
@@ -294,6 +301,7 @@ class _Reader:
                 last_event = trio.current_time()
         if mapper.error is not None:
             raise _Failed(mapper.error)
+        await self._drain(chunks)
 
     # --- pieces --------------------------------------------------------------------------
 
@@ -321,6 +329,16 @@ class _Reader:
         else:
             message = f"idle timeout: no event from the upstream for {timeouts.idle:g} s"
         raise _Failed(make_error(ErrorKind.DECODE_TIMEOUT, message))
+
+    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
+        """Read what follows the end of the stream (bounded), ignoring it (see DRAIN_GRACE)."""
+        drained = 0
+        with trio.move_on_after(DRAIN_GRACE):
+            try:
+                while drained <= _MAX_DRAIN_BYTES:
+                    drained += len(await chunks.__anext__())
+            except (StopAsyncIteration, httpx2.HTTPError, OSError):
+                pass
 
     def _feed(self, chunk: bytes, out: list[Event]) -> bool:
         """Parse a chunk into `out`. True when it held at least one event."""

@@ -68,7 +68,6 @@ def main() -> None:
     body = b"".join(events)
     chunks = _chunks(body)
     payloads = [e[6:-2] for e in events if e.startswith(b"data: {")]
-    pairs = [("message", p) for p in payloads]
     n = TOKENS
 
     def sse_split() -> None:
@@ -86,11 +85,23 @@ def main() -> None:
         for p in payloads:
             loads(p)
 
+    # The events of each 64 KiB read, as the reader hands them to the mapper.
+    per_read: list[list[tuple[str, bytes]]] = []
+    splitter = SSEDecoder()
+    for ch in chunks:
+        per_read.append(splitter.feed(ch))
+
+    def feed_read(m: ChatMapper, events: list[tuple[str, bytes]], out: list[Event]) -> None:
+        for name, data in events:  # as `_task._Reader._map` does
+            m.feed(name, data, out)
+            if m.done:
+                break
+
     def map_stage() -> None:
         m = ChatMapper("t-1")
         out: list[Event] = []
-        for name, data in pairs:
-            m.feed(name, data, out)
+        for events in per_read:
+            feed_read(m, events, out)
 
     def floor_split() -> None:
         import _contenders as c
@@ -111,8 +122,7 @@ def main() -> None:
     dec, mapper = SSEDecoder(), ChatMapper("t-1")
     for ch in chunks:
         out: list[Event] = []
-        for name, data in dec.feed(ch):
-            mapper.feed(name, data, out)
+        feed_read(mapper, dec.feed(ch), out)
         batches.append(out)
 
     class _State:  # what EventStream reads of a TaskState
@@ -183,8 +193,7 @@ def main() -> None:
                 async with send:
                     for ch in chunks:
                         out: list[Event] = []
-                        for name, data in dec.feed(ch):
-                            m.feed(name, data, out)
+                        feed_read(m, dec.feed(ch), out)
                         try:
                             send.send_nowait(out)
                         except trio.WouldBlock:

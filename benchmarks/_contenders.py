@@ -78,10 +78,14 @@ async def floor_stream(client: Any, url: str, body: bytes, on_token: Any = None)
 
 
 def floor_client(max_connections: int = 100) -> Any:
+    """httpx2 with the adapter's pool limits (`_http.MAX_KEEPALIVE` idle connections kept)."""
     import httpx2
 
+    from oai_adapter._http import MAX_KEEPALIVE
+
     limits = httpx2.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
+        max_connections=max_connections,
+        max_keepalive_connections=min(max_connections, MAX_KEEPALIVE),
     )
     return httpx2.AsyncClient(
         limits=limits, timeout=httpx2.Timeout(30.0, read=None, pool=None), trust_env=False
@@ -130,9 +134,10 @@ def sdk_client(port: int, prefix: str = "", max_connections: int = 100) -> Any:
     import httpx2
     import openai
 
+    # The connection limit raised for the run; keep-alive as the SDK's own default (100).
     http_client = openai.DefaultAsyncHttpxClient(
         limits=httpx2.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+            max_connections=max(max_connections, 1000), max_keepalive_connections=100
         ),
         timeout=httpx2.Timeout(600.0, connect=30.0),
     )

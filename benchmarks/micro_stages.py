@@ -222,7 +222,7 @@ def main() -> None:
     }
     del msgspec
     print(
-        f"Hot-path stages, per token ({n:,}-token chat stream, {READ // 1024} KiB reads, median of {repeat})"
+        f"Hot-path stages, per token ({n:,}-token chat stream, {READ // 1024} KiB reads, best of {repeat})"
     )
     result: dict[str, float] = {}
     for name, secs in stages.items():

@@ -13,7 +13,8 @@ RSS after one warm-up stream) ÷ streams. Target: adapter ≥ 4× the SDK, ≤ 2
 
     python benchmarks/bench_concurrency.py [--quick] [--json out.json] [--trace]
 
-`--trace` also prints where the adapter's per-stream memory goes (tracemalloc, by file).
+`--trace` also prints where the adapter's per-stream memory goes (tracemalloc, by the package
+that allocated it).
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ async def _trio_phase(
         if trace:
             import tracemalloc
 
-            tracemalloc.start(8)
+            tracemalloc.start(1)
         all_open = trio.Event()
         rec = Recorder(streams, all_open.set)
         counts: list[int] = []
@@ -216,11 +217,8 @@ async def _trio_phase(
                     sum(s.size for s in snap.statistics("filename")) / streams
                 )
                 by_file: dict[str, int] = {}
-                for stat in snap.statistics("traceback"):
-                    # the innermost frame that is not the stdlib or a C accessor says whose it is
-                    names = [f.filename for f in stat.traceback]
-                    owner = next((n for n in reversed(names) if "oai_adapter" in n), names[-1])
-                    key = _short(owner)
+                for stat in snap.statistics("lineno"):
+                    key = _short(stat.traceback[0].filename)  # the allocating module's package
                     by_file[key] = by_file.get(key, 0) + stat.size
                 top = sorted(by_file.items(), key=lambda kv: -kv[1])[:12]
                 out["trace"] = [(k, v / streams) for k, v in top]
@@ -239,14 +237,15 @@ async def _trio_phase(
 
 
 def _short(path: str) -> str:
-    for marker in ("site-packages/", "oai_adapter/", "lib/python3"):
+    """`oai_adapter/_task.py` for ours; the top-level package (or generated code) otherwise."""
+    if "oai_adapter/" in path:
+        return "oai_adapter/" + path.split("oai_adapter/", 1)[1]
+    if path.startswith("<attrs generated"):
+        return "trio (attrs classes)"
+    for marker in ("site-packages/", "lib/python3.11/", "lib/python3"):
         if marker in path:
-            return (
-                path.split(marker, 1)[1]
-                if marker != "oai_adapter/"
-                else "oai_adapter/" + path.split(marker, 1)[1]
-            )
-    return path
+            return path.split(marker, 1)[1].split("/")[0]
+    return os.path.basename(path)
 
 
 def _run(rec: Recorder, t0: float, c0: float, tokens: int) -> dict[str, Any]:
@@ -360,7 +359,7 @@ def main() -> None:
     if "trace" in results["adapter"]:
         out["adapter_trace"] = results["adapter"]["trace"]
         print(
-            f"adapter, Python heap per open stream (tracemalloc): {results['adapter']['traced_per_stream']:,.0f} B; by owner:"
+            f"adapter, Python heap per open stream (tracemalloc): {results['adapter']['traced_per_stream']:,.0f} B; by allocating package:"
         )
         for name, size in results["adapter"]["trace"]:
             print(f"  {size:9,.0f} B  {name}")

@@ -28,6 +28,6 @@ fmt: setup
     {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks
     {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks
 
-# Benchmarks: print figures and ratios (never asserted in tests).
-bench: setup
-    {{uv}} run --locked --quiet python benchmarks/run_all.py
+# Benchmarks: print figures and ratios (never asserted in tests). `just bench --quick` for a smoke run.
+bench *ARGS: setup
+    {{uv}} run --locked --quiet python benchmarks/run_all.py {{ARGS}}

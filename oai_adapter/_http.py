@@ -169,6 +169,7 @@ def _parse_url(url: str) -> httpx2.URL:
     parsed = _parsed_urls.get(url)
     if parsed is None:
         parsed = httpx2.URL(url)
-        if len(_parsed_urls) < _MAX_PARSED_URLS:
-            _parsed_urls[url] = parsed
+        if len(_parsed_urls) >= _MAX_PARSED_URLS:
+            _parsed_urls.clear()  # rare (many endpoints in one process): start over
+        _parsed_urls[url] = parsed
     return parsed

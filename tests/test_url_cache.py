@@ -17,10 +17,12 @@ def test_the_same_url_text_is_parsed_once() -> None:
     assert _parse_url("http://127.0.0.1:8080/v1/chat/completions") is first
 
 
-def test_the_cache_is_bounded() -> None:
+def test_the_cache_is_bounded_and_still_caches_when_it_was_full() -> None:
     for i in range(_MAX_PARSED_URLS + 10):
         _parse_url(f"http://127.0.0.1:{1000 + i}/v1/chat/completions")
-    assert len(_parsed_urls) <= _MAX_PARSED_URLS
+        assert len(_parsed_urls) <= _MAX_PARSED_URLS
+    late = _parse_url("http://127.0.0.1:9999/v1/chat/completions")
+    assert _parse_url("http://127.0.0.1:9999/v1/chat/completions") is late
 
 
 def test_a_cached_url_is_still_checked_against_allowed_hosts() -> None:

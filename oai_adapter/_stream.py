@@ -140,9 +140,11 @@ class EventStream:
         return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
 
     def _close(self) -> None:
+        # The receive channel is closed when the `submit` block is left (`Submission`), not
+        # here: after a cancel it may still buffer thousands of Tokens, and freeing them then
+        # rather than before `End(cancelled)` is returned keeps that off the cancel's latency.
         self._finished = True
         self._adapter._unregister(self._state)
-        self._receive.close()
 
 
 class Submission:

@@ -28,9 +28,10 @@ fmt: setup
     {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks compat
     {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks compat
 
-# Benchmarks: print figures and ratios (never asserted in tests).
-bench: setup
-    {{uv}} run --locked --quiet python benchmarks/run_all.py
+# Benchmarks: print figures and ratios (never asserted in tests). `just bench --quick` for a smoke run.
+bench *ARGS: setup
+    {{uv}} run --locked --quiet python benchmarks/run_all.py {{ARGS}}
+
 
 # LiteLLM's proxy (a real third-party server, own venv .venv-compat) on loopback + `oai-adapter check` (slow; not in `just test`).
 compat: setup

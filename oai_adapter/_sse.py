@@ -73,7 +73,21 @@ class SSEDecoder:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
         self._buf = lines.pop()
-        out: list[SSEEvent] = []
+        out: list[SSEEvent]
+        if lines and len(lines) & 1 == 0 and not self._data and not self._event:
+            # The common chunk: nothing pending, and only `data: X` lines each followed by a
+            # blank one. Then each `data` line is an event as it is — the same result as the
+            # rules in `_lines`, in C loops. A line starts with `data: ` iff it sorts in
+            # [b"data: ", b"data:!"), so min and max check every line at once.
+            frames = lines[0::2]
+            if (
+                not any(lines[1::2])
+                and min(frames) >= b"data: "
+                and max(frames) < b"data:!"
+                and max(map(len, frames)) - 5 + len(self._buf) <= self._max
+            ):
+                return [("message", frame[6:]) for frame in frames]
+        out = []
         if lines:
             self._lines(lines, out)
         if self._data_size + len(self._buf) > self._max:

@@ -45,9 +45,9 @@ class EventStream:
         "_batch",
         "_delivered",
         "_finished",
+        "_limit",
         "_pos",
         "_receive",
-        "_since_checkpoint",
         "_state",
         "_tlog",
         "task_id",
@@ -66,31 +66,52 @@ class EventStream:
         self._tlog = tlog
         self._batch: list[Event] = []
         self._pos = 0
-        self._delivered = 0
-        self._since_checkpoint = 0
+        # `_batch[_pos:_limit]` can be handed out without a check-in: no End among them and
+        # no checkpoint due (see `_refill`).
+        self._limit = 0
+        self._delivered = 0  # Tokens delivered before `_batch`; see `tokens_delivered`
         self._finished = False
         self.task_id = state.task_id
 
     @property
     def tokens_delivered(self) -> int:
+        """Tokens handed out so far: the last one's `index` + 1 (indices run 0, 1, 2, …)."""
+        batch = self._batch
+        for i in range(min(self._pos, len(batch)) - 1, -1, -1):
+            event = batch[i]
+            if type(event) is Token:
+                return event.index + 1
         return self._delivered
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> Event:
+        # The per-event path: one bounds check and one flag, no counters (the hot loop).
+        pos = self._pos
+        if pos < self._limit and not self._state.cancel_requested:
+            self._pos = pos + 1
+            return self._batch[pos]
+        return await self._refill()
+
+    async def _refill(self) -> Event:
+        """Everything but the common case: a cancel, a checkpoint, the next batch, `End`."""
         if self._finished:
             raise StopAsyncIteration
         state = self._state
         if state.cancel_requested:
             return await self._cancelled()
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
-            self._since_checkpoint = 0
-            await trio.lowlevel.checkpoint()
-            if state.cancel_requested:
-                return await self._cancelled()
-        if self._pos >= len(self._batch):
+        if self._pos < len(self._batch):
+            if (
+                self._pos >= self._limit
+                and self._pos > 0
+                and type(self._batch[self._pos]) is not End
+            ):
+                await trio.lowlevel.checkpoint()  # CHECKPOINT_EVERY events handed out
+                if state.cancel_requested:
+                    return await self._cancelled()
+        else:
+            self._delivered = self.tokens_delivered
             try:
                 self._batch = await self._receive.receive()
             except trio.EndOfChannel:
@@ -98,18 +119,19 @@ class EventStream:
                     return await self._cancelled()
                 raise RuntimeError("the reader ended without an End event") from None  # a bug
             self._pos = 0
-            self._since_checkpoint = 0
             if state.cancel_requested:
                 return await self._cancelled()
-        event = self._batch[self._pos]
-        self._pos += 1
-        if type(event) is Token:
-            self._delivered += 1
-        elif type(event) is End:
+        batch, pos = self._batch, self._pos
+        last = len(batch) - 1 if type(batch[-1]) is End else len(batch)  # End: never fast
+        self._limit = min(last, pos + CHECKPOINT_EVERY)
+        event = batch[pos]
+        self._pos = pos + 1
+        if type(event) is End:
             self._close()
         return event
 
     async def _cancelled(self) -> End:
+        self._delivered = self.tokens_delivered
         self._batch = []
         self._pos = 0
         await self._state.done.wait()  # the reader has closed the upstream response
@@ -118,9 +140,11 @@ class EventStream:
         return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
 
     def _close(self) -> None:
+        # The receive channel is closed when the `submit` block is left (`Submission`), not
+        # here: after a cancel it may still buffer thousands of Tokens, and freeing them then
+        # rather than before `End(cancelled)` is returned keeps that off the cancel's latency.
         self._finished = True
         self._adapter._unregister(self._state)
-        self._receive.close()
 
 
 class Submission:

@@ -298,6 +298,9 @@ class _Reader:
         out.insert(0, self.started)
         self._first_deadline = first_deadline
         await self._emit(out)
+        # Let the consumer have `Started` (and the first Tokens, when they came in the same
+        # read) now, before this task goes on to read, drain or finish: time to first token.
+        await trio.lowlevel.checkpoint()
 
     async def _stream(self) -> None:
         """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`."""

@@ -1,0 +1,139 @@
+"""What every benchmark program shares: the upstream process, statistics, the machine, results.
+
+Each program prints its own figures and ratios, and with `--json PATH` also writes them for
+`run_all.py`'s summary table. Nothing here is timed itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+@contextmanager
+def upstream_process() -> Iterator[int]:
+    """`sse_server.py` in its own process; yields its port."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "sse_server.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def run_child(args: Sequence[str], timeout: float = 600) -> dict[str, Any]:
+    """Run `python <args>` (a contender in its own process); its last stdout line is JSON."""
+    out = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    lo: float
+    hi: float
+    n: int
+
+    def spread_pct(self) -> float:
+        """(max − min) / median, in percent."""
+        return 100.0 * (self.hi - self.lo) / self.median if self.median else 0.0
+
+    def fmt(self, unit: str = "", digits: int = 1) -> str:
+        return (
+            f"{self.median:,.{digits}f}{unit} (min {self.lo:,.{digits}f}, max {self.hi:,.{digits}f},"
+            f" n={self.n})"
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.lo, "max": self.hi, "n": self.n}
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    return Summary(statistics.median(values), min(values), max(values), len(values))
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of unsorted values."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, round(p / 100.0 * len(s) + 0.5) - 1))
+    return s[k]
+
+
+def rss_kib() -> int:
+    """This process's resident set now (VmRSS), KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, str]:
+    import httpx2
+    import msgspec
+    import trio
+
+    try:
+        import openai
+
+        openai_version = openai.__version__
+    except ImportError:  # pragma: no cover
+        openai_version = "absent"
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_model(),
+        "nproc": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "trio": trio.__version__,
+        "httpx2": httpx2.__version__,
+        "msgspec": msgspec.__version__,
+        "openai": openai_version,
+    }
+
+
+def write_json(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")

@@ -1,0 +1,149 @@
+"""Cancel: from `cancel()` returning to the consumer reading `End(cancelled)`, and to the
+upstream seeing its connection closed.
+
+Two cases, each repeated, against `sse_server.py` in its own process:
+  waiting   the upstream drips a token a millisecond; the consumer waits on `async for`; another
+            task calls `adapter.cancel(task_id)` at a random moment 3–15 ms into the stream.
+  full      the upstream sends a 10,000-token body at once; the consumer reads `Started`, then
+            stops reading until the reader is blocked on a full channel; then cancels and reads.
+The upstream records when each connection closed (`time.monotonic()`, system-wide), keyed by the
+task's `X-Correlation-Id`; the client records when `cancel()` returned, on the same clock.
+Targets: cancel → End p99 ≤ 1 ms, upstream closed p99 ≤ 5 ms.
+
+    python benchmarks/bench_cancel.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import HERE, machine, percentile, run_child, upstream_process, write_json
+
+
+def child(port: int, iterations: int) -> dict[str, Any]:
+    import _contenders as c
+    import httpx2
+    import trio
+
+    from oai_adapter import End, OpenAIAdapter, Started, TaskRequest
+
+    rng = random.Random(9)
+    results: dict[str, dict[str, list[float]]] = {}
+
+    async def one(
+        adapter: Any, case: str, i: int, rec: dict[str, list[float]], cancels: dict[str, float]
+    ) -> None:
+        tid = f"{case}-{i}"
+        req = TaskRequest(
+            task_id=tid,
+            correlation_id=tid,
+            messages=c.MESSAGES,
+            max_tokens=10_000,
+            extra={"pace_ms": 1.0} if case == "waiting" else None,
+        )
+        cancelled_at = 0.0
+        async with adapter.submit(req) as events, trio.open_nursery() as nursery:
+            if case == "waiting":
+
+                async def canceller() -> None:
+                    nonlocal cancelled_at
+                    await trio.sleep(rng.uniform(0.003, 0.015))
+                    assert adapter.cancel(tid)
+                    cancelled_at = time.monotonic()
+
+                async for ev in events:
+                    if type(ev) is Started:
+                        nursery.start_soon(canceller)
+                    elif type(ev) is End:
+                        rec["end"].append(time.monotonic() - cancelled_at)
+                        assert ev.reason == "cancelled", ev
+            else:
+                first = await events.__anext__()
+                assert type(first) is Started, first
+                await trio.sleep(0.02)  # the reader fills the channel and blocks
+                assert adapter.cancel(tid)
+                cancelled_at = time.monotonic()
+                ev = await events.__anext__()
+                rec["end"].append(time.monotonic() - cancelled_at)
+                assert type(ev) is End, ev
+                assert ev.reason == "cancelled", ev
+        cancels[tid] = cancelled_at
+
+    async def main() -> None:
+        async with httpx2.AsyncClient() as stats_client:
+            for case, prefix in (("waiting", "/drip"), ("full", "/bulk")):
+                rec: dict[str, list[float]] = {"end": [], "closed": []}
+                cancels: dict[str, float] = {}
+                async with OpenAIAdapter(c.adapter_config(port, prefix)) as adapter:
+                    for i in range(iterations + 3):
+                        await one(adapter, case, i, rec, cancels)
+                await trio.sleep(0.05)
+                stats = (await stats_client.get(f"http://127.0.0.1:{port}/stats/reset")).json()
+                closes = stats["closes"]
+                missing = [tid for tid in cancels if tid not in closes]
+                if missing:
+                    raise RuntimeError(
+                        f"the upstream saw no close for {missing} of {len(cancels)}; {stats}"
+                    )
+                for tid, at in cancels.items():
+                    rec["closed"].append(closes[tid] - at)
+                rec["end"] = rec["end"][3:]  # warm-up
+                rec["closed"] = rec["closed"][3:]
+                results[case] = rec
+
+    trio.run(main)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--iterations", type=int, default=200)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.port, args.iterations)))
+        return
+    iterations = 40 if args.quick else args.iterations
+    with upstream_process() as port:
+        r = run_child(
+            [
+                os.path.join(HERE, "bench_cancel.py"),
+                "--child",
+                "--port",
+                str(port),
+                "--iterations",
+                str(iterations),
+            ]
+        )
+    out: dict[str, Any] = {"iterations": iterations}
+    print(f"Cancel: {iterations} cancels per case, adapter in its own process, upstream in another")
+    print(f"{'case':<8} {'→ End p50':>10} {'p99':>9} {'→ upstream closed p50':>22} {'p99':>9}")
+    for case, rec in r.items():
+        e50, e99 = percentile(rec["end"], 50) * 1e3, percentile(rec["end"], 99) * 1e3
+        c50, c99 = percentile(rec["closed"], 50) * 1e3, percentile(rec["closed"], 99) * 1e3
+        out[case] = {"end_ms": [e50, e99], "closed_ms": [c50, c99]}
+        print(f"{case:<8} {e50:>8.3f}ms {e99:>7.3f}ms {c50:>20.3f}ms {c99:>7.3f}ms")
+    worst_end = max(out[k]["end_ms"][1] for k in r)
+    worst_closed = max(out[k]["closed_ms"][1] for k in r)
+    out["end_p99_ms"], out["closed_p99_ms"] = worst_end, worst_closed
+    print(
+        f"cancel → End p99 {worst_end:.3f} ms (target ≤ 1 ms) {'met' if worst_end <= 1 else 'MISSED'};"
+        f" upstream closed p99 {worst_closed:.3f} ms (target ≤ 5 ms) {'met' if worst_closed <= 5 else 'MISSED'}"
+    )
+    out["machine"] = machine()
+    write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()

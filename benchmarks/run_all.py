@@ -1,0 +1,214 @@
+"""`just bench`: run every benchmark program, then print one summary table with the targets.
+
+Each program runs in its own process (and starts its contenders in their own processes where
+memory is measured); their full output is shown as they finish, then the summary. `--quick`
+is passed through (a smoke run of a minute or so); the full run stays under ~10 minutes on
+2 cores.
+
+    python benchmarks/run_all.py [--quick] [--json summary.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from _common import machine  # noqa: E402
+
+PROGRAMS = (
+    "micro_stages",
+    "bench_upstream",
+    "bench_single",
+    "bench_concurrency",
+    "bench_cancel",
+    "bench_ttft",
+    "bench_import",
+)
+
+
+def run(name: str, quick: bool, tmp: str) -> dict[str, Any]:
+    path = os.path.join(tmp, f"{name}.json")
+    args = [sys.executable, os.path.join(HERE, f"{name}.py"), "--json", path]
+    if quick:
+        args.append("--quick")
+    t0 = time.perf_counter()
+    print(f"\n=== {name} ===", flush=True)
+    subprocess.run(args, check=True)
+    print(f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    with open(path) as f:
+        return json.load(f)  # type: ignore[no-any-return]
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs everywhere")
+    parser.add_argument("--json", help="write every program's results here")
+    parser.add_argument("--only", nargs="*", choices=PROGRAMS, help="run only these programs")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or PROGRAMS:
+            results[name] = run(name, args.quick, tmp)
+
+    rows: list[tuple[str, str, str, str, str]] = []
+    if s := results.get("bench_single"):
+        a, sdk, fl = (s[k]["tokens_per_s"]["median"] for k in ("adapter", "sdk", "floor"))
+        cpu = s["adapter"]["cpu_us_per_token"]["median"]
+        rows.append(
+            (
+                "single: tokens/s",
+                f"{a:,.0f}",
+                f"SDK {sdk:,.0f}",
+                f"{s['adapter_vs_sdk']:.1f}× SDK",
+                f"≥ 8× {verdict(s['adapter_vs_sdk'] >= 8)}",
+            )
+        )
+        rows.append(
+            (
+                "single: vs floor",
+                f"{a:,.0f}",
+                f"floor {fl:,.0f}",
+                f"{s['adapter_vs_floor']:.2f}× floor",
+                f"≥ 0.5× {verdict(s['adapter_vs_floor'] >= 0.5)}",
+            )
+        )
+        rows.append(
+            (
+                "single: CPU/token",
+                f"{cpu:.2f} µs",
+                f"SDK {s['sdk']['cpu_us_per_token']['median']:.1f} µs",
+                f"floor {s['floor']['cpu_us_per_token']['median']:.2f} µs",
+                "",
+            )
+        )
+    if c := results.get("bench_concurrency"):
+        a, sdk = c["adapter"]["tokens_per_s"]["median"], c["sdk"]["tokens_per_s"]["median"]
+        rows.append(
+            (
+                "1k streams: tokens/s",
+                f"{a:,.0f}",
+                f"SDK {sdk:,.0f}",
+                f"{c['adapter_vs_sdk']:.1f}× SDK",
+                f"≥ 4× {verdict(c['adapter_vs_sdk'] >= 4)}",
+            )
+        )
+        ad, sd = c["adapter"], c["sdk"]
+        rows.append(
+            (
+                "1k streams: TTFT p50/p99",
+                f"{ad['ttft_ms'][0]:.0f}/{ad['ttft_ms'][1]:.0f} ms",
+                f"SDK {sd['ttft_ms'][0]:.0f}/{sd['ttft_ms'][1]:.0f} ms",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "1k streams: ITL p50/p99",
+                f"{ad['itl_us'][0]:.1f}/{ad['itl_us'][1]:.0f} µs",
+                f"SDK {sd['itl_us'][0]:.1f}/{sd['itl_us'][1]:.0f} µs",
+                "",
+                "",
+            )
+        )
+        rss = ad["rss_per_stream_kib"]
+        rows.append(
+            (
+                "1k streams: RSS/stream",
+                f"{rss:.1f} KiB",
+                f"SDK {sd['rss_per_stream_kib']:.1f} KiB",
+                f"floor {c['floor']['rss_per_stream_kib']:.1f} KiB",
+                f"≤ 20 KiB {verdict(rss <= 20)}",
+            )
+        )
+        rows.append(
+            (
+                "upstream headroom",
+                f"raw {c['raw']['tokens_per_s']['median']:,.0f}",
+                "",
+                f"{c['raw_vs_adapter']:.1f}× adapter",
+                "",
+            )
+        )
+    if k := results.get("bench_cancel"):
+        rows.append(
+            (
+                "cancel → End p99",
+                f"{k['end_p99_ms']:.3f} ms",
+                "",
+                "",
+                f"≤ 1 ms {verdict(k['end_p99_ms'] <= 1)}",
+            )
+        )
+        rows.append(
+            (
+                "cancel → upstream closed p99",
+                f"{k['closed_p99_ms']:.3f} ms",
+                "",
+                "",
+                f"≤ 5 ms {verdict(k['closed_p99_ms'] <= 5)}",
+            )
+        )
+    if t := results.get("bench_ttft"):
+        rows.append(
+            (
+                "TTFT overhead (1 token)",
+                f"{t['overhead_ms']:.3f} ms",
+                f"httpx2 {t['httpx2']['p50_ms']['median']:.3f} ms",
+                f"adapter {t['adapter']['p50_ms']['median']:.3f} ms",
+                f"≤ 0.2 ms {verdict(t['overhead_ms'] <= 0.2)}",
+            )
+        )
+    if i := results.get("bench_import"):
+        rows.append(
+            (
+                "import time",
+                f"{i['oai_adapter']['median']:.0f} ms",
+                f"openai {i['openai']['median']:.0f} ms",
+                f"{i['openai_vs_adapter']:.1f}× faster",
+                "",
+            )
+        )
+    if m := results.get("micro_stages"):
+        ns = m["ns_per_token"]
+        rows.append(
+            (
+                "stages ns/token",
+                f"split {ns['sse_split']:.0f}",
+                f"decode {ns['decode']:.0f}",
+                f"map {ns['map']:.0f}",
+                f"channel {ns['channel']:.0f}",
+            )
+        )
+
+    info = machine()
+    print(
+        f"\n=== summary ({info['date']}; {info['cpu']}, {info['nproc']} cores, Python {info['python']};"
+        f" {time.perf_counter() - t0:.0f} s) ==="
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)] if rows else [0] * 5
+    head = ("figure", "oai_adapter", "compared with", "ratio", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
+    for r in (head, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, **results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

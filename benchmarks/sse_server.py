@@ -1,0 +1,217 @@
+"""The benchmarks' upstream: a minimal HTTP/1.1 server that writes pre-rendered SSE bodies.
+
+It runs in its own process (`python benchmarks/sse_server.py`, the port is printed on stdout)
+so that it never shares a core's event loop with the client being measured. It does no JSON
+work per request beyond reading `max_tokens`: each body (an OpenAI-shaped chat stream of N word
+tokens: role delta, N content deltas, finish, usage, `[DONE]`) is rendered once and cached, and
+a request is answered by one `transport.write` of the prepared bytes — which is why it is not
+the bottleneck (`bench_upstream.py` checks that with a raw-socket client, and against nginx).
+
+Paths (the adapter's `base_url` picks the mode, the SDK's `base_url` likewise):
+  /v1/chat/completions         the whole body at once (Content-Length, keep-alive)
+  /hold/v1/chat/completions    the head, the role delta and the first token, then nothing
+                               until the client closes (RSS with every stream open)
+  /bulk/v1/chat/completions    the whole body at once, and the close time is recorded
+  /drip/v1/chat/completions    one event per millisecond (`pace_ms` in the JSON body overrides)
+                               until the client closes; the close time is recorded
+  GET /stats                   JSON: {"closes": {correlation_id: monotonic seconds}, ...}
+Times are `time.monotonic()`, the system-wide CLOCK_MONOTONIC, so another process can compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from oai_adapter.testing._script import chat_chunk, sse  # noqa: E402
+
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing "
+    "matches and every token arrives in order through one bounded channel"
+).split()
+
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"content-type: text/event-stream\r\n"
+    b"cache-control: no-cache\r\n"
+    b"x-request-id: req-bench\r\n"
+    b"server: bench-sse\r\n"
+    b"content-length: %d\r\n\r\n"
+)
+
+
+class _Req(msgspec.Struct):
+    max_tokens: int | None = None
+    pace_ms: float | None = None
+
+
+_req_decoder = msgspec.json.Decoder(_Req)
+
+
+def token_texts(n: int) -> list[str]:
+    return [" " + WORDS[i % len(WORDS)] for i in range(n)]
+
+
+def render_events(n: int, model: str = "bench-model") -> list[bytes]:
+    """The SSE events of an n-token chat stream, each one `data:` frame."""
+    events = [sse(chat_chunk("", role=True, model=model))]
+    events += [sse(chat_chunk(t, model=model)) for t in token_texts(n)]
+    events.append(sse(chat_chunk(None, finish="stop", model=model)))
+    events.append(sse(chat_chunk(model=model, usage=(8, n), empty_choices=True)))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def render_body(n: int) -> bytes:
+    return b"".join(render_events(n))
+
+
+class Server:
+    def __init__(self) -> None:
+        self.bodies: dict[int, bytes] = {}
+        self.events: dict[int, list[bytes]] = {}
+        self.closes: dict[str, float] = {}
+        self.requests = 0
+
+    def body(self, n: int) -> bytes:
+        b = self.bodies.get(n)
+        if b is None:
+            b = self.bodies[n] = render_body(n)
+        return b
+
+    def event_list(self, n: int) -> list[bytes]:
+        e = self.events.get(n)
+        if e is None:
+            e = self.events[n] = render_events(n)
+        return e
+
+
+class Conn(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.buf = b""
+        self.transport: Any = None
+        self.tracked: str | None = None  # correlation id of a drip/hold response
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].decode("latin-1").split("\r\n")
+            method, path, _ = head[0].split(" ", 2)
+            headers = {}
+            for line in head[1:]:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            clen = int(headers.get("content-length", "0"))
+            if len(self.buf) < end + 4 + clen:
+                return
+            body = self.buf[end + 4 : end + 4 + clen]
+            self.buf = self.buf[end + 4 + clen :]
+            self.handle(method, path, headers, body)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        srv = self.server
+        srv.requests += 1
+        if method == "GET" and path.startswith("/stats"):
+            payload = msgspec.json.encode({"closes": srv.closes, "requests": srv.requests})
+            if "reset" in path:
+                srv.closes.clear()
+            self.plain(payload)
+            return
+        if method == "GET" and path.startswith("/gc"):
+            gc.collect()
+            self.plain(b"{}")
+            return
+        if method != "POST" or not path.endswith("/completions"):
+            self.plain(b'{"error":{"message":"not found"}}', status=b"404 Not Found")
+            return
+        req = _req_decoder.decode(body) if body else _Req()
+        n = req.max_tokens or 16
+        if path.startswith("/v1/"):
+            full = srv.body(n)
+            self.transport.write(_HEAD % len(full) + full)
+            return
+        events = srv.event_list(n)
+        total = sum(len(e) for e in events)
+        self.tracked = headers.get("x-correlation-id", f"conn-{id(self)}")
+        if path.startswith("/bulk/"):
+            self.transport.write(_HEAD % total + b"".join(events))
+            return
+        if path.startswith("/hold/"):
+            self.transport.write(_HEAD % total + events[0] + events[1])
+            return
+        pace = (req.pace_ms if req.pace_ms is not None else 1.0) / 1000.0
+        self.transport.write(_HEAD % total + events[0])
+        loop = asyncio.get_running_loop()
+        state = {"i": 1}
+
+        def tick() -> None:
+            if self.closed:
+                return
+            i = state["i"]
+            if i >= len(events):
+                return
+            self.transport.write(events[i])
+            state["i"] = i + 1
+            self.timer = loop.call_later(pace, tick)
+
+        self.timer = loop.call_later(pace, tick)
+
+    def plain(self, payload: bytes, status: bytes = b"200 OK") -> None:
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(payload) + payload
+        )
+
+    def _gone(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        now = time.monotonic()
+        if self.tracked is not None:
+            self.server.closes[self.tracked] = now
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def eof_received(self) -> bool:
+        self._gone()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+
+async def main(port: int) -> None:
+    server = Server()
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(lambda: Conn(server), "127.0.0.1", port, backlog=4096)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await srv.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        asyncio.run(main(args.port))
+    except KeyboardInterrupt:
+        pass

@@ -248,8 +248,8 @@ class _Reader:
                     )
                 )
             # Accepted only once the first event the mapper counts is known not to be an
-            # error. Only that event decides; what follows it in the same read is mapped after
-            # `Started` (`_stream`), so the outcome does not depend on how bytes were chunked.
+            # error. Only that event decides; what follows it in the same read is mapped once
+            # the stream is accepted, so the outcome does not depend on how bytes were chunked.
             out: list[Event] = []
             self._chunks_iter = chunks = self._chunks(response)
             idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
@@ -295,6 +295,12 @@ class _Reader:
         )
         if litellm := response.headers.get("x-litellm-version"):
             adapter.litellm_version = litellm
+        pending, self._pending = self._pending, []
+        if pending and not self.mapper.done:
+            # What came in the same read as the first event, mapped now that the stream is
+            # accepted (an error among it ends the stream after Started, in `_stream`), and sent
+            # in the same batch as `Started`: one channel hop to the first Token, not two.
+            self._map(pending, out)
         out.insert(0, self.started)
         self._first_deadline = first_deadline
         await self._emit(out)
@@ -309,12 +315,6 @@ class _Reader:
         chunks = self._chunks_iter
         assert chunks is not None
         mapper = self.mapper
-        pending, self._pending = self._pending, []
-        if pending and not mapper.done:  # what came in the same read as the first event
-            first_out: list[Event] = []
-            self._map(pending, first_out)
-            if first_out:
-                await self._emit(first_out)
         last_event = trio.current_time()
         while not mapper.done:
             deadline = last_event + idle

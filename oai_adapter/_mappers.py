@@ -108,6 +108,8 @@ class Mapper:
     """What every mapper leaves for the adapter to read."""
 
     __slots__ = (
+        "_high_surrogate",
+        "_tools",
         "completion_tokens",
         "done",
         "error",
@@ -129,6 +131,8 @@ class Mapper:
         self.error: WorkerError | None = None  # an error event (`done` is set too)
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        self._high_surrogate = ""  # a UTF-16 high half held back until its low half comes
+        self._tools: ToolCalls | None = None  # made at the first tool-call delta
 
     def feed(self, name: str, data: bytes, out: list[Event]) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -141,16 +145,28 @@ class Mapper:
             ErrorKind.WORKER_RESET, "the upstream closed the stream before it finished"
         )
 
+    def _tool_calls(self) -> ToolCalls:
+        """The task's tool-call bookkeeping, made on first use."""
+        tools = self._tools
+        if tools is None:
+            tools = self._tools = ToolCalls(self.task_id)
+        return tools
+
+    def _join_surrogates(self, text: str) -> str:
+        """`text` with a UTF-16 surrogate pair split across two deltas joined (the high half
+        is held back until the low half arrives; a lone half becomes U+FFFD)."""
+        text = self._high_surrogate + text
+        self._high_surrogate = ""
+        if "\ud800" <= text[-1] <= "\udbff":
+            self._high_surrogate = text[-1]
+            text = text[:-1]
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
 
 class ChatMapper(Mapper):
     """Chat Completions (`choices[].delta.content`) and legacy Completions (`choices[].text`)."""
 
-    __slots__ = ("_high_surrogate", "_tools")
-
-    def __init__(self, task_id: str, *, max_tokens: int | None = None) -> None:
-        super().__init__(task_id, max_tokens=max_tokens)
-        self._high_surrogate = ""
-        self._tools: ToolCalls | None = None
+    __slots__ = ()
 
     def feed(self, name: str, data: bytes, out: list[Event]) -> None:
         self.events_seen += 1
@@ -200,9 +216,7 @@ class ChatMapper(Mapper):
             self.completion_tokens = usage.completion_tokens
 
     def _tool_deltas(self, delta: _Delta, out: list[Event]) -> None:
-        tools = self._tools
-        if tools is None:
-            tools = self._tools = ToolCalls(self.task_id)
+        tools = self._tool_calls()
         for call in delta.tool_calls or ():
             fn = call.function
             tools.delta(
@@ -214,14 +228,6 @@ class ChatMapper(Mapper):
             )
         if (fn := delta.function_call) is not None:
             tools.delta("function_call", out, name=fn.name, arguments=fn.arguments)
-
-    def _join_surrogates(self, text: str) -> str:
-        text = self._high_surrogate + text
-        self._high_surrogate = ""
-        if "\ud800" <= text[-1] <= "\udbff":
-            self._high_surrogate = text[-1]
-            text = text[:-1]
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _decode_lenient(data: bytes) -> _Chunk:

@@ -39,7 +39,6 @@ import msgspec
 from ._errors import _ErrorBody, error_from_event
 from ._events import Event, ReasoningDelta, Token
 from ._mappers import Mapper, ProtocolError, finish_to_reason
-from ._tools import ToolCalls
 
 __all__ = ["ResponsesMapper"]
 
@@ -114,12 +113,7 @@ _MAPPED: Final = frozenset(
 class ResponsesMapper(Mapper):
     """`POST /responses` with `stream: true`. See the module header."""
 
-    __slots__ = ("_high_surrogate", "_tools")
-
-    def __init__(self, task_id: str, *, max_tokens: int | None = None) -> None:
-        super().__init__(task_id, max_tokens=max_tokens)
-        self._high_surrogate = ""
-        self._tools: ToolCalls | None = None
+    __slots__ = ()
 
     def feed(self, name: str, data: bytes, out: list[Event]) -> None:
         if data[:1] == b"[" and data.strip() == _DONE:
@@ -182,12 +176,6 @@ class ResponsesMapper(Mapper):
 
     # --- pieces --------------------------------------------------------------------------
 
-    def _tool_calls(self) -> ToolCalls:
-        tools = self._tools
-        if tools is None:
-            tools = self._tools = ToolCalls(self.task_id)
-        return tools
-
     @staticmethod
     def _call_key(ev: _Event) -> str | int | None:
         return ev.item_id if ev.item_id is not None else ev.output_index
@@ -226,14 +214,6 @@ class ResponsesMapper(Mapper):
             body, first=self.events_seen == 1, fallback_message=said or "response failed"
         )
         self.done = True
-
-    def _join_surrogates(self, text: str) -> str:
-        text = self._high_surrogate + text
-        self._high_surrogate = ""
-        if "\ud800" <= text[-1] <= "\udbff":
-            self._high_surrogate = text[-1]
-            text = text[:-1]
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _decode_lenient(data: bytes) -> _Event:

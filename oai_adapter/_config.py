@@ -67,6 +67,10 @@ class FrozenMap(Mapping[str, Any]):
     def __reduce__(self) -> tuple[Any, ...]:
         return (FrozenMap, (self._data,))
 
+    def __hash__(self) -> int:
+        # Hashable when its values are, so a frozen config can be a dict key or a set member.
+        return hash(frozenset(self._data.items()))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:

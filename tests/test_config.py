@@ -158,3 +158,12 @@ def test_request_is_immutable_and_copies_messages() -> None:
     assert req.messages[0]["content"] == "hi"
     with pytest.raises(dataclasses.FrozenInstanceError):
         req.prompt = "x"  # type: ignore[misc]
+
+
+def test_configs_are_hashable_and_equal_by_value() -> None:
+    a = AdapterConfig(base_url=BASE, model="m", headers={"x-a": "1"}, api_key="sk-hash-me-00000000")
+    b = AdapterConfig(base_url=BASE, model="m", headers={"x-a": "1"}, api_key="sk-hash-me-00000000")
+    assert a == b
+    assert hash(a) == hash(b)
+    assert len({a, b}) == 1
+    assert a != dataclasses.replace(a, headers={"x-a": "2"})

@@ -71,7 +71,7 @@ STATUS_TABLE: dict[int, ErrorKind] = {
     599: ErrorKind.UPSTREAM_ERROR,
 }
 REDIRECTS = [301, 302, 307, 308]
-APIS = ["chat", "completions"]
+APIS = ["chat", "completions", "responses"]
 
 
 def config(upstream: FakeUpstream, api: str, **kw: Any) -> AdapterConfig:
@@ -273,6 +273,10 @@ async def test_2xx_that_is_not_an_event_stream_is_protocol(
 async def test_malformed_first_event_is_protocol_before_started(
     upstream: FakeUpstream, loopback_clock: MockClock, api: str, data: bytes
 ) -> None:
+    if api == "responses" and b"not a list" in data:
+        # A Responses event is typed: one without a known `type` is skipped (new upstream
+        # events must not break old adapters); a known one of the wrong shape is malformed.
+        data = b'data: {"type": "response.output_text.delta", "delta": ["not", "text"]}\n\n'
     upstream.script(Fault.malformed(data))
     events = await run(upstream, api)
     error = error_of(events)
@@ -365,9 +369,10 @@ async def test_connection_lost_after_the_headers_is_worker_reset(
     error = error_of(events)
     assert (error.kind, error.status, error.retryable) == (ErrorKind.WORKER_RESET, None, False)
     assert len(upstream.completion_requests()) == 1
-    # before any event there is nothing to start; chat's role delta is an event, completions'
+    # before any event there is nothing to start; chat's role delta is an event, and so is
+    # Responses' `output_item.added` after its created/in_progress preamble; completions'
     # stream opens with its first token
-    head_is_event = api == "chat" and tokens is not None
+    head_is_event = api in ("chat", "responses") and tokens is not None
     assert started(events) == (head_is_event or bool(tokens))
     assert sum(isinstance(ev, Token) for ev in events) == (tokens or 0)
 

@@ -346,7 +346,10 @@ def render_responses_stream(
         nonlocal seq
         frame = responses_event(type_, seq, **fields)
         seq += 1
-        steps.append(Send(sse(frame, event=type_ if named else None)))
+        # Text deltas are marked as tokens, so `Stream(n)` and `Fault.*(after_tokens=n)`
+        # cut a Responses stream after n of them, as they cut a chat stream.
+        token = type_ == "response.output_text.delta"
+        steps.append(Send(sse(frame, event=type_ if named else None), token=token))
 
     def response(status: str, **extra: Any) -> dict[str, Any]:
         return {

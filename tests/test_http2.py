@@ -622,3 +622,44 @@ async def test_lowered_max_concurrent_streams_mid_connection_is_honoured(
     assert all(text_of(events) == DEFAULT_TEXT for events in results)
     assert h2up.peak_streams == 1
     assert h2up.connections_total == 1
+
+
+async def test_debug_logging_of_the_http2_stack_never_shows_the_key(h2up: H2Upstream) -> None:
+    # An application that turns on DEBUG for every stdlib logger must not get the key from
+    # hpack, which logs whole encoded header blocks (Huffman-coded, decodable) at DEBUG.
+    import logging
+
+    from hpack.huffman import HuffmanEncoder
+    from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+
+    key = "sk-h2-debug-key-0123456789abcdef"
+    huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(f"Bearer {key}".encode())
+    as_logged = "".join(repr(bytes([b]))[2:-1] for b in huffman)
+    records: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Capture(level=logging.DEBUG)
+    loggers = [
+        logging.getLogger(name)
+        for name in ("", "hpack", "hpack.hpack", "h2", "httpx2", "httpcore2")
+    ]
+    saved = [(lg, lg.level) for lg in loggers]
+    logging.getLogger().addHandler(handler)
+    for lg in loggers:
+        lg.setLevel(logging.DEBUG)
+    try:
+        with trio.fail_after(IO_DEADLINE):
+            async with OpenAIAdapter(h2config(h2up, api_key=key)) as adapter:
+                events = await collect(adapter, "t")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for lg, level in saved:
+            lg.setLevel(level)
+    assert isinstance(events[-1], End)
+    assert any("hpack" in r or "Encoding" in r or "Decoded" in r for r in records)  # it did log
+    joined = "\n".join(records)
+    assert key not in joined
+    assert as_logged not in joined

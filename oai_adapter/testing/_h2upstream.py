@@ -20,8 +20,8 @@ that stream's responder at once: the upstream stops generating, as llama-server 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ import trio
 from hyperframe.frame import GoAwayFrame
 
 from ._script import Hang, RecordedRequest, Reply, Reset, Send, Sleep
-from ._upstream import _MAX_BODY, FakeUpstream, _abort
+from ._upstream import _MAX_BODY, FakeUpstream, _abort, serving
 
 __all__ = [
     "Gate",
@@ -449,13 +449,6 @@ class H2Upstream(FakeUpstream):
             conn.wake()
 
 
-@asynccontextmanager
-async def open_h2_upstream(**kwargs: Any) -> AsyncIterator[H2Upstream]:
+def open_h2_upstream(**kwargs: Any) -> AbstractAsyncContextManager[H2Upstream]:
     """An `H2Upstream` serving for the duration of the block."""
-    async with trio.open_nursery() as nursery:
-        upstream = H2Upstream(**kwargs)
-        await nursery.start(upstream.serve)
-        try:
-            yield upstream
-        finally:
-            nursery.cancel_scope.cancel()
+    return serving(H2Upstream(**kwargs))

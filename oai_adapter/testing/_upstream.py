@@ -20,8 +20,8 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, Literal
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Literal, TypeVar
 
 import h11
 import msgspec
@@ -486,13 +486,20 @@ def _abort(sock: Any) -> None:
             pass
 
 
+_Server = TypeVar("_Server", bound=FakeUpstream)
+
+
 @asynccontextmanager
-async def open_upstream(**kwargs: Any) -> AsyncIterator[FakeUpstream]:
-    """A `FakeUpstream` serving for the duration of the block."""
+async def serving(upstream: _Server) -> AsyncIterator[_Server]:
+    """`upstream` serving for the duration of the block (its own nursery, cancelled on exit)."""
     async with trio.open_nursery() as nursery:
-        upstream = FakeUpstream(**kwargs)
         await nursery.start(upstream.serve)
         try:
             yield upstream
         finally:
             nursery.cancel_scope.cancel()
+
+
+def open_upstream(**kwargs: Any) -> AbstractAsyncContextManager[FakeUpstream]:
+    """A `FakeUpstream` serving for the duration of the block."""
+    return serving(FakeUpstream(**kwargs))

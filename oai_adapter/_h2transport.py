@@ -52,7 +52,6 @@ are spoken to with prior knowledge (h2c). Proxies are not handled here (see `_ht
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable
@@ -70,38 +69,8 @@ import httpx2
 import trio
 from hyperframe.frame import Frame, GoAwayFrame
 
-from ._redact import redact
-
 __all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Statistics", "H2Transport"]
 
-
-class _NoHeaderBlocks(logging.Filter):
-    """Keeps the API key out of hpack's DEBUG records.
-
-    h2 sends `authorization` as never-indexed and hpack logs its value as `SENSITIVE_REDACTED`
-    when it encodes it, but hpack also logs every encoded block it builds ("Encoded header
-    block to …") and every block it decodes ("Decoding …") — Huffman-coded bytes, decodable,
-    the key among them — and each decoded header in plain text. An application that turns on
-    DEBUG for everything must not leak the key that way (OC-ADAPT-OAI-6020): the two block
-    records are dropped, and every other record is passed through `redact`. Filters run only
-    for records the logger is enabled for, so this costs nothing while hpack is quiet.
-    """
-
-    _DROPPED: Final = frozenset({"Encoded header block to %s", "Decoding %s"})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg in self._DROPPED:
-            return False
-        text = record.getMessage()
-        clean = redact(text)
-        if clean != text:
-            record.msg, record.args = clean, ()
-        return True
-
-
-_HPACK_FILTER: Final = _NoHeaderBlocks()
-if not any(isinstance(f, _NoHeaderBlocks) for f in logging.getLogger("hpack.hpack").filters):
-    logging.getLogger("hpack.hpack").addFilter(_HPACK_FILTER)
 
 #: Receive window per stream: what one stream may buffer unread. 256 KiB holds ~1,000 SSE
 #: token events, enough to keep a fast upstream streaming while the consumer catches up.

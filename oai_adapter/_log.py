@@ -11,10 +11,14 @@ token: the hot path writes nothing. `TaskLog` is also the task's observer: it wr
 terminal record and reports the outcome to the task's telemetry exactly once (`_observe`).
 The adapter's own records (probes) carry the same keys through `adapter_log`, with the task
 ones `None`. docs/observability.md lists every record and field.
+
+The one stdlib `logging` use: a filter on hpack's logger (`_HpackRedaction`), which would
+otherwise log HTTP/2 header blocks — the key among them — at DEBUG.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx2
@@ -95,6 +99,35 @@ def _redact_record(record: Record) -> None:
         cleaned = redact_value(exc.value) if exc.value is not None else None
         kind = type(cleaned) if cleaned is not None else exc.type
         record["exception"] = type(exc)(kind, cleaned, None)
+
+
+class _HpackRedaction(logging.Filter):
+    """Keeps the API key out of hpack's DEBUG records.
+
+    h2 sends `authorization` as never-indexed and hpack logs its value as `SENSITIVE_REDACTED`
+    when it encodes it, but hpack also logs every encoded block it builds ("Encoded header
+    block to …") and every block it decodes ("Decoding …") — Huffman-coded bytes, decodable,
+    the key among them — and each decoded header in plain text. An application that turns on
+    DEBUG for everything must not leak the key that way (OC-ADAPT-OAI-6020): the two block
+    records are dropped, and every other record is passed through `redact`. Filters run only
+    for records the logger is enabled for, so this costs nothing while hpack is quiet.
+    """
+
+    _DROPPED: Final = frozenset({"Encoded header block to %s", "Decoding %s"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self._DROPPED:
+            return False
+        text = record.getMessage()
+        clean = redact(text)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
+_HPACK_FILTER: Final = _HpackRedaction()
+if not any(isinstance(f, _HpackRedaction) for f in logging.getLogger("hpack.hpack").filters):
+    logging.getLogger("hpack.hpack").addFilter(_HPACK_FILTER)
 
 
 #: The library's logger. Disabled until the application enables "oai_adapter".

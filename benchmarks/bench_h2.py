@@ -92,21 +92,38 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
-async def main() -> None:
+async def main(quick: bool) -> dict[str, float]:
+    global CANCELS
+    if quick:
+        CANCELS = 60
+    out: dict[str, float] = {}
     print(f"cancel() → upstream sees the stream end, {CANCELS} cancels (ms)")
     for http2 in (True, False):
         lat = await cancel_latency(http2)
         name = "HTTP/2  (RST_STREAM)" if http2 else "HTTP/1.1 (close)    "
+        proto = "h2" if http2 else "h1"
+        out[f"cancel_{proto}_p50_ms"] = statistics.median(lat) * 1e3
+        out[f"cancel_{proto}_p99_ms"] = pct(lat, 0.99)
         print(f"  {name}  median {statistics.median(lat) * 1e3:7.3f}  p99 {pct(lat, 0.99):7.3f}")
     print(f"\nthroughput: {STREAMS} concurrent streams × {TOKENS} tokens (tokens/s, consumer side)")
-    results = {}
     for http2 in (True, False):
         rate, conns = await throughput(http2)
-        results[http2] = rate
+        out[f"throughput_{'h2' if http2 else 'h1'}"] = rate
         name = "HTTP/2   one connection " if http2 else "HTTP/1.1 many connections"
         print(f"  {name}  {rate:10.0f} tokens/s over {conns} connection(s)")
-    print(f"  ratio HTTP/2 / HTTP/1.1: {results[True] / results[False]:.2f}×")
+    print(f"  ratio HTTP/2 / HTTP/1.1: {out['throughput_h2'] / out['throughput_h1']:.2f}×")
+    return out
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cancels")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    figures = trio.run(main, args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f)

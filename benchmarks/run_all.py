@@ -32,6 +32,7 @@ PROGRAMS = (
     "bench_cancel",
     "bench_ttft",
     "bench_import",
+    "bench_h2",
 )
 
 
@@ -180,6 +181,25 @@ def main() -> None:
                 f"{i['oai_adapter']['median']:.0f} ms",
                 f"openai {i['openai']['median']:.0f} ms",
                 f"{i['openai_vs_adapter']:.1f}× faster",
+                "",
+            )
+        )
+    if h := results.get("bench_h2"):
+        rows.append(
+            (
+                "cancel → reset p50/p99",
+                f"h2 {h['cancel_h2_p50_ms']:.2f}/{h['cancel_h2_p99_ms']:.2f} ms",
+                f"h1.1 {h['cancel_h1_p50_ms']:.2f}/{h['cancel_h1_p99_ms']:.2f} ms",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "100 streams: h2 vs h1.1",
+                f"{h['throughput_h2']:,.0f} tok/s",
+                f"h1.1 {h['throughput_h1']:,.0f}",
+                f"{h['throughput_h2'] / h['throughput_h1']:.2f}× h1.1",
                 "",
             )
         )

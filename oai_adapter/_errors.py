@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import ssl
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx2
 import msgspec
@@ -113,6 +113,15 @@ class WorkerError(Exception):
             retryable=self.retryable,
             retry_after_ms=self.retry_after_ms,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle as `cls(*args)`; ours has keyword-only fields, so say them all
+        # (an orchestrator may send a task's error to another process).
+        return (_rebuild, (self.info(),))
+
+
+def _rebuild(info: ErrorInfo) -> WorkerError:
+    return info.to_exception()
 
 
 def make_error(

@@ -186,3 +186,21 @@ def test_messages_never_carry_the_api_key() -> None:
     assert key not in error.message
     assert key not in str(error)
     assert key not in error.info().message
+
+
+def test_worker_errors_pickle_with_every_field() -> None:
+    import pickle
+
+    error = WorkerError(
+        ErrorKind.ADMISSION_REJECT, "slow down", status=429, retryable=True, retry_after_ms=1500
+    )
+    back = pickle.loads(pickle.dumps(error))
+    assert isinstance(back, WorkerError)
+    assert (back.kind, back.message, back.status, back.retryable, back.retry_after_ms) == (
+        ErrorKind.ADMISSION_REJECT,
+        "slow down",
+        429,
+        True,
+        1500,
+    )
+    assert str(back) == str(error)

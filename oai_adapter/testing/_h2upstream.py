@@ -298,18 +298,12 @@ class H2Upstream(FakeUpstream):
     ) -> None:
         raw_headers, body = entry
         headers = {k.decode().lower(): v.decode() for k, v in raw_headers}
-        parsed: Any = None
-        if body:
-            try:
-                parsed = msgspec.json.decode(bytes(body))
-            except msgspec.DecodeError:
-                parsed = None
-        req = RecordedRequest(
-            method=headers.pop(":method", "GET"),
-            path=headers.pop(":path", "/"),
-            headers={k: v for k, v in headers.items() if not k.startswith(":")},
-            body=bytes(body),
-            json=parsed,
+        req = RecordedRequest.received(
+            headers.pop(":method", "GET"),
+            headers.pop(":path", "/"),
+            {k: v for k, v in headers.items() if not k.startswith(":")},
+            bytes(body),
+            at=trio.current_time(),
         )
         self.requests.append(req)
         self.stream_ids[req.headers.get("x-correlation-id", "")] = sid

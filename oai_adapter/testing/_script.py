@@ -250,6 +250,19 @@ class RecordedRequest:
     at: float = 0.0  # trio time when the request was complete
     json: Any = field(default=None)
 
+    @classmethod
+    def received(
+        cls, method: str, path: str, headers: dict[str, str], body: bytes, *, at: float
+    ) -> RecordedRequest:
+        """A request as a server read it; `json` is the body decoded, or None if it is not JSON."""
+        parsed: Any = None
+        if body:
+            try:
+                parsed = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                parsed = None
+        return cls(method=method, path=path, headers=headers, body=body, at=at, json=parsed)
+
 
 # --- tool calls and reasoning (chat) ----------------------------------------------------------
 

@@ -205,19 +205,11 @@ class FakeUpstream:
                     raise h11.ProtocolError("request body too large")
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                headers = {k.decode().lower(): v.decode() for k, v in head.headers}
-                parsed: Any = None
-                if body:
-                    try:
-                        parsed = msgspec.json.decode(bytes(body))
-                    except msgspec.DecodeError:
-                        parsed = None
-                request = RecordedRequest(
-                    method=head.method.decode(),
-                    path=head.target.decode(),
-                    headers=headers,
-                    body=bytes(body),
-                    json=parsed,
+                request = RecordedRequest.received(
+                    head.method.decode(),
+                    head.target.decode(),
+                    {k.decode().lower(): v.decode() for k, v in head.headers},
+                    bytes(body),
                     at=trio.current_time(),
                 )
                 self.requests.append(request)

@@ -21,7 +21,7 @@ from ._body import build_body, endpoint_path
 from ._config import AdapterConfig, TaskRequest
 from ._events import EngineVersion, Event, HealthStatus, WorkerProps
 from ._http import Upstream
-from ._log import ENGINE, TaskLog
+from ._log import TaskLog, adapter_fields
 from ._observe import Telemetry
 from ._stream import CHANNEL_BATCHES, Submission
 from ._task import TaskState, run_task
@@ -136,12 +136,7 @@ class OpenAIAdapter:
             job_id=req.task_id,
             session_id=req.session_id,
             correlation_id=correlation_id,
-            engine=ENGINE,
-            engine_version=self.engine_version_cache,
-            pool_id=config.pool_id,
-            replica_id=config.replica_id,
-            model=config.model,
-            api=config.api,
+            **adapter_fields(self),
         )
         state = TaskState(req.task_id)
         send, receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)

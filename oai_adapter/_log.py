@@ -293,18 +293,23 @@ class TaskLog:
 def adapter_log(adapter: OpenAIAdapter, **extra: Any) -> Logger:
     """A logger for the adapter's own records (the probes): the task fields are all present,
     `None` where they belong to a task, so one schema serves every record of the library."""
-    config = adapter.config
     fields: dict[str, Any] = dict.fromkeys(TASK_FIELDS)
-    fields.update(
-        engine=ENGINE,
-        engine_version=adapter.engine_version_cache,
-        pool_id=config.pool_id,
-        replica_id=config.replica_id,
-        model=config.model,
-        api=config.api,
-    )
+    fields.update(adapter_fields(adapter))
     fields.update(extra)
     return log.bind(**fields)
+
+
+def adapter_fields(adapter: OpenAIAdapter) -> dict[str, Any]:
+    """The standard fields that belong to the adapter, not to one task."""
+    config = adapter.config
+    return {
+        "engine": ENGINE,
+        "engine_version": adapter.engine_version_cache,
+        "pool_id": config.pool_id,
+        "replica_id": config.replica_id,
+        "model": config.model,
+        "api": config.api,
+    }
 
 
 def _ms(value: float | None) -> str:

@@ -8,6 +8,8 @@ upstream. See DESIGN.md for the contract; everything public is importable from h
 
 from ._adapter import AdapterStatistics as AdapterStatistics
 from ._adapter import OpenAIAdapter as OpenAIAdapter
+from ._budget import RetryBudget as RetryBudget
+from ._budget import RetryBudgetStatistics as RetryBudgetStatistics
 from ._config import AdapterConfig as AdapterConfig
 from ._config import RetryPolicy as RetryPolicy
 from ._config import TaskRequest as TaskRequest
@@ -43,6 +45,8 @@ __all__ = [
     "Metrics",
     "OpenAIAdapter",
     "ReasoningDelta",
+    "RetryBudget",
+    "RetryBudgetStatistics",
     "RetryPolicy",
     "Secret",
     "Started",

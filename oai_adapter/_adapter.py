@@ -18,6 +18,7 @@ import httpx2
 import trio
 
 from ._body import build_body, endpoint_path
+from ._budget import RetryBudget
 from ._config import AdapterConfig, TaskRequest
 from ._events import EngineVersion, Event, HealthStatus, WorkerProps
 from ._http import Upstream
@@ -41,11 +42,18 @@ class OpenAIAdapter:
     """Drive one OpenAI-compatible endpoint. Use as `async with OpenAIAdapter(config) as a:`."""
 
     def __init__(
-        self, config: AdapterConfig, *, transport: httpx2.AsyncBaseTransport | None = None
+        self,
+        config: AdapterConfig,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
+        """`retry_budget`: share one budget among several adapters (a host shares its pool's);
+        by default the adapter has its own, from `config.retry`'s budget numbers."""
         if not isinstance(config, AdapterConfig):
             raise TypeError("OpenAIAdapter needs an AdapterConfig")
         self.config = config
+        self.retry_budget = retry_budget or RetryBudget.from_policy(config.retry)
         self._transport = transport
         self._upstream: Upstream | None = None
         self._tasks: dict[str, TaskState] = {}
@@ -142,6 +150,7 @@ class OpenAIAdapter:
         send, receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
         self._tasks[req.task_id] = state
         self._submitted += 1
+        self.retry_budget.record_submit()
 
         async def start_reader() -> None:
             await run_task(self, state, req, body, headers, send, tlog, started_at)

@@ -91,11 +91,18 @@ class Timeouts:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """Full jitter: the delay before attempt n+1 is `uniform(0, min(cap, base·2ⁿ))`, or the
-    upstream's `Retry-After` clipped to `cap`. `max_attempts` counts every attempt."""
+    upstream's `Retry-After` clipped to `cap`. `max_attempts` counts every attempt.
+
+    The retry budget (`_budget.RetryBudget`, shared by every task of the adapter): over any
+    `budget_window` seconds, retries may be at most `budget_percent` % of the tasks submitted in
+    it plus `budget_min_per_s` per second; a retry it refuses is not made. Finagle's defaults."""
 
     max_attempts: int = 4
     base: float = 0.1
     cap: float = 2.0
+    budget_percent: float = 20.0
+    budget_window: float = 10.0
+    budget_min_per_s: float = 10.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
@@ -104,6 +111,9 @@ class RetryPolicy:
             raise ValueError(f"RetryPolicy.max_attempts: must be 1..100, got {self.max_attempts}")
         _positive_finite("RetryPolicy", "base", self.base, allow_zero=True)
         _positive_finite("RetryPolicy", "cap", self.cap, allow_zero=True)
+        _positive_finite("RetryPolicy", "budget_percent", self.budget_percent, allow_zero=True)
+        _positive_finite("RetryPolicy", "budget_window", self.budget_window)
+        _positive_finite("RetryPolicy", "budget_min_per_s", self.budget_min_per_s, allow_zero=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -48,6 +48,7 @@ class Started(_Event, frozen=True, tag="started"):
     attempt: int
     http_version: str
     request_id: str | None = None
+    replica_id: str | None = None  # the serving replica (the config's; under a host, its key)
 
 
 class Token(_Event, frozen=True, tag="token"):

@@ -195,6 +195,16 @@ class _Reader:
                 await self._close_response()
                 if not error.retryable or attempt >= policy.max_attempts:
                     raise
+                if not self.adapter.retry_budget.try_spend():
+                    self.tlog.warning(
+                        f"attempt {attempt} failed ({error.kind.value}: {error.message});"
+                        " the retry budget refused a retry",
+                        error_kind=error.kind.value,
+                        status=error.status,
+                        retryable=error.retryable,
+                        retry_after_ms=error.retry_after_ms,
+                    )
+                    raise
                 delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=self.adapter.rng)
                 self.tlog.warning(
                     f"attempt {attempt} failed ({error.kind.value}"
@@ -288,6 +298,7 @@ class _Reader:
             attempt=attempt,
             http_version=http_version(response),
             request_id=request_id(response.headers),
+            replica_id=adapter.config.replica_id,
         )
         self.tlog.info(
             f"stream accepted (status {status}, {self.started.http_version}, "

@@ -25,6 +25,7 @@ sys.path.insert(0, HERE)
 from _common import machine  # noqa: E402
 
 PROGRAMS = (
+    "bench_paced",
     "micro_stages",
     "bench_upstream",
     "bench_single",
@@ -66,6 +67,46 @@ def main() -> None:
             results[name] = run(name, args.quick, tmp)
 
     rows: list[tuple[str, str, str, str, str]] = []
+    if p := results.get("bench_paced"):
+        for key, res in p["configs"].items():
+            if "adapter" not in res:
+                continue
+            a = res["adapter"]
+            cpu = a["cpu_us_per_token"]
+            step = float(key.split("@")[1].removesuffix("ms"))
+            floor = res.get("h11-task", {}).get("cpu_us_per_token", float("nan"))
+            sdk = res.get("sdk", {}).get("cpu_us_per_token", float("nan"))
+            p99_target = step if key.startswith("128@") else 100.0
+            rows.append(
+                (
+                    f"decode step C={key}: CPU/token",
+                    f"{cpu:.1f} µs ({a['core_share']:.2f} core)",
+                    f"design floor {floor:.1f} µs, SDK {sdk:.1f} µs",
+                    f"{cpu / floor:.2f}× floor, {cpu / sdk:.2f}× SDK",
+                    f"≤ 1.15× floor {verdict(cpu <= 1.15 * floor)}, ≤ 0.5× SDK"
+                    f" {verdict(cpu <= 0.5 * sdk)}",
+                )
+            )
+            rows.append(
+                (
+                    f"decode step C={key}: delivery p50/p99",
+                    f"{a['lat_p50_ms']:.1f}/{a['lat_p99_ms']:.1f} ms",
+                    f"raw {res.get('raw', {}).get('lat_p99_ms', float('nan')):.1f} ms p99",
+                    "",
+                    f"p99 ≤ {p99_target:g} ms {verdict(a['lat_p99_ms'] <= p99_target)}",
+                )
+            )
+        if cap := p.get("capacity"):
+            rows.append(
+                (
+                    f"decode step: largest C at {cap['step_ms']:g} ms",
+                    f"{cap['streams']:,} streams",
+                    "p99 < one step, ≥ 95 % delivered",
+                    "",
+                    "",
+                )
+            )
+        rows.append(("load average (paced run)", p["load_before"], p["load_after"], "", ""))
     if s := results.get("bench_single"):
         a, sdk, fl = (s[k]["tokens_per_s"]["median"] for k in ("adapter", "sdk", "floor"))
         cpu = s["adapter"]["cpu_us_per_token"]["median"]

@@ -331,7 +331,7 @@ class H11Reader:
         self.port, self.path, self.body = port, path, body
         self._stream: Any = None
         self._conn: Any = None
-        self._rest = b""
+        self._rest: bytes | None = b""  # None once the body has ended
 
     async def open(self) -> None:
         import h11
@@ -356,6 +356,8 @@ class H11Reader:
 
         conn = self._conn
         texts: list[str] = []
+        if self._rest is None:
+            return None  # ended
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -364,10 +366,12 @@ class H11Reader:
                 conn.receive_data(await self._stream.receive_some(1 << 16))
                 continue
             if type(event) is h11.Data:
-                self._rest, more = floor_texts(self._rest, event.data)
+                self._rest, more = floor_texts(self._rest or b"", event.data)
                 texts += more
-            elif type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
-                return texts or None
+            else:  # the response's head, an interim response; or its end
+                if type(event) is h11.EndOfMessage or event is h11.PAUSED:
+                    self._rest = None
+                    return texts or None
 
     async def aclose(self) -> None:
         if self._stream is not None:

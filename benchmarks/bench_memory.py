@@ -125,9 +125,8 @@ def state() -> dict[str, Any]:
 
 
 def child(kind: str, port: int, streams: int, trace: bool) -> dict[str, Any]:
-    import trio
-
     import _contenders as c
+    import trio
 
     body = c.chat_body(16)
     out: dict[str, Any] = {}

@@ -69,6 +69,14 @@ async def read_all(body: H11Body) -> bytes:
     return out
 
 
+async def open_and_read(client: httpx2.AsyncClient, base_url: str) -> bytes:
+    response = await open_chat(client, base_url)
+    try:
+        return await read_all(body_of(response))
+    finally:
+        await response.aclose()
+
+
 async def test_connection_goes_back_to_the_pool_after_a_clean_end(
     upstream: FakeUpstream,
 ) -> None:
@@ -124,9 +132,11 @@ async def test_at_most_max_connections_requests_are_in_flight(upstream: FakeUpst
     upstream.script(*[Reply(steps=[Stream(tokens=1), Hang()])] * 3)
     transport = make_transport(max_connections=2)
     third: list[httpx2.Response] = []
+    third_opened = trio.Event()
 
     async def open_third(client: httpx2.AsyncClient) -> None:
         third.append(await open_chat(client, upstream.base_url))
+        third_opened.set()
 
     with trio.fail_after(IO_DEADLINE):
         async with client_on(transport) as client, trio.open_nursery() as nursery:
@@ -138,8 +148,7 @@ async def test_at_most_max_connections_requests_are_in_flight(upstream: FakeUpst
             assert transport.statistics().in_flight == 2
             assert upstream.connections_total == 2
             await first.aclose()
-            while not third:
-                await trio.sleep(0.001)  # real sockets: the third request connects now
+            await third_opened.wait()  # the third request connects now
             assert transport.statistics().connections == 2
             await second.aclose()
             await third[0].aclose()
@@ -162,8 +171,7 @@ async def test_a_lost_connection_raises_what_error_from_transport_maps(
     with trio.fail_after(IO_DEADLINE):
         async with client_on(transport) as client:
             with pytest.raises(httpx2.TransportError) as caught:
-                response = await open_chat(client, upstream.base_url)
-                await read_all(body_of(response))
+                await open_and_read(client, upstream.base_url)
             assert transport.statistics().connections == 0
     assert isinstance(caught.value, httpx2.ReadError | httpx2.RemoteProtocolError)
     assert error_from_transport(caught.value, after_headers=after_headers).kind is kind

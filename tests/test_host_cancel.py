@@ -145,7 +145,9 @@ async def test_counters_return_to_zero_when_cancelled_at_any_checkpoint(
                 async with trio.open_nursery() as n:
                     scope = trio.CancelScope()
 
-                    async def consume() -> None:
+                    async def consume(
+                        scope: trio.CancelScope = scope, seen: list[Event] = seen
+                    ) -> None:
                         with scope:
                             async with host.submit(
                                 "p", TaskRequest(task_id="t", prompt="hi", session_id=session)
@@ -153,7 +155,7 @@ async def test_counters_return_to_zero_when_cancelled_at_any_checkpoint(
                                 async for ev in events:
                                     seen.append(ev)
 
-                    async def cancel_after(k: int = k) -> None:
+                    async def cancel_after(k: int = k, scope: trio.CancelScope = scope) -> None:
                         if how == "host.cancel":
                             while "t" not in host._pools["p"].tasks:  # entered submit
                                 await trio.lowlevel.checkpoint()

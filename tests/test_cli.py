@@ -83,7 +83,7 @@ def _hanging_reply(*tokens: str) -> Reply:
 # --- help, usage errors, exit codes ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["stream"], ["check"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["serve"], ["stream"], ["check"], ["bench"]])
 def test_help_on_each_command_exits_0_and_names_the_command(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -377,7 +377,9 @@ async def test_bench_counts_failed_requests_by_kind_and_exits_1(upstream: FakeUp
         code = await run_bench(args, term, trio.Event())
     assert code == EXIT_FAILED
     assert "requests 3 ok / 2 failed" in out.getvalue()
-    assert "oai-adapter: error: 2 request(s) failed with INVALID_PARAMS" in err.getvalue()
+    assert (
+        "oai-adapter: error: 2 requests failed with INVALID_PARAMS: bad request" in err.getvalue()
+    )
     header = out.getvalue().splitlines()[0].split()
     assert header == ["ms", "mean", "p50", "p90", "p99", "n"]
 

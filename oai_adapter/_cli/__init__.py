@@ -1,10 +1,12 @@
-"""The `oai-adapter` command: `demo`, `stream`, `check` and `bench`.
+"""The `oai-adapter` command: `demo`, `serve`, `stream`, `check` and `bench`.
 
 argparse and plain ANSI only — a library's users should not inherit a CLI toolkit's
 dependencies. Results go to stdout (tokens, tables, `--json`), everything else to stderr, so a
 script can pipe one and read the other. Exit codes (`docs/cli.md`): 0 done, 1 the upstream
 failed (an error End, a failed check, a failed request), 2 bad arguments or configuration,
-130 interrupted by Ctrl-C after a clean cancel.
+130 interrupted by Ctrl-C after a clean cancel (`serve`, which runs until Ctrl-C, exits 0).
+Every numeric option is checked by argparse (finite, in range), and what a command will send is
+built before the run starts (`validate`), so a bad value is one usage line, never a traceback.
 
 Ctrl-C: a trio signal receiver turns the first SIGINT into an `interrupted` event, which the
 running command answers with `adapter.cancel(...)`; a second Ctrl-C raises KeyboardInterrupt
@@ -27,11 +29,13 @@ from ._commands import (
     EXIT_OK,
     EXIT_USAGE,
     Command,
-    make_config,
+    is_loopback,
     run_bench,
     run_check,
     run_demo,
+    run_serve,
     run_stream,
+    validate,
 )
 from ._term import Term
 
@@ -64,6 +68,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {value}")
+    return value
+
+
 def _endpoint_options(p: argparse.ArgumentParser, *, api: bool = True) -> None:
     p.add_argument(
         "--base-url",
@@ -79,6 +103,13 @@ def _endpoint_options(p: argparse.ArgumentParser, *, api: bool = True) -> None:
             help="which OpenAI API to call (default: chat)",
         )
     p.add_argument("--http2", action="store_true", help="use HTTP/2 (TLS endpoints negotiate it)")
+    p.add_argument(
+        "--ca-bundle",
+        metavar="PATH",
+        default=None,
+        help="a PEM file of CA certificates to trust besides the system store, for an endpoint "
+        "with a private CA (SSL_CERT_FILE is never read)",
+    )
     p.add_argument(
         "--timeout",
         type=_positive_float,
@@ -106,12 +137,46 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens in/out.",
         epilog=_EPILOG,
     )
-    demo.add_argument("--api", choices=("chat", "completions"), default="chat")
+    demo.add_argument("--api", choices=("chat", "completions", "responses"), default="chat")
     demo.add_argument(
-        "--pace", type=float, default=0.04, help="seconds between upstream tokens (default: 0.04)"
+        "--pace",
+        type=_non_negative_float,
+        default=0.04,
+        help="seconds between upstream tokens (default: 0.04)",
     )
     demo.add_argument("--prompt", default="Tell me about trio.")
     demo.set_defaults(run=run_demo)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the embedded upstream until Ctrl-C, to try the other commands against",
+        description="Serve the embedded OpenAI-compatible upstream (oai_adapter.testing): "
+        "chat, completions and responses streams and the probes (/v1/models, /health, /props, "
+        "/slots). Prints its base URL on stdout; Ctrl-C stops it (exit 0). HTTP/1.1, or h2c "
+        "with --http2 (one protocol per port). Binds 127.0.0.1 unless told otherwise; it has "
+        "no authentication, so a non-loopback --host also needs --allow-remote.",
+        epilog=_EPILOG,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_port, default=8080, help="port to bind, 0 for any free one (default: 8080)"
+    )
+    serve.add_argument(
+        "--model", default="test-model", help="the model name it serves (default: test-model)"
+    )
+    serve.add_argument(
+        "--pace",
+        type=_non_negative_float,
+        default=0.02,
+        help="seconds between tokens (default: 0.02)",
+    )
+    serve.add_argument("--http2", action="store_true", help="speak HTTP/2 (h2c) instead of 1.1")
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host that is not a loopback address",
+    )
+    serve.set_defaults(run=run_serve)
 
     stream = sub.add_parser(
         "stream",
@@ -123,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _endpoint_options(stream)
     stream.add_argument("--max-tokens", type=_positive_int, default=None)
-    stream.add_argument("--temperature", type=float, default=None)
+    stream.add_argument("--temperature", type=_non_negative_float, default=None)
     stream.add_argument("--quiet", action="store_true", help="no metrics table on stderr")
     stream.add_argument("prompt", help="the prompt ('-' reads it from stdin)")
     stream.set_defaults(run=run_stream)
@@ -193,12 +258,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     term = Term(sys.stdout, sys.stderr)
     if getattr(args, "prompt", None) == "-":
         args.prompt = sys.stdin.read()
-    if args.command != "demo":
-        try:  # a bad configuration is a usage error, found before anything is sent
-            make_config(args, getattr(args, "api", "chat"))
-        except ValueError as exc:
-            term.error(str(exc))
-            return EXIT_USAGE
+    if args.command == "serve" and not (is_loopback(args.host) or args.allow_remote):
+        parser.error(
+            f"--host {args.host} is not a loopback address; the embedded upstream has no "
+            "authentication: add --allow-remote to serve it there"
+        )
+    try:  # a bad configuration or request is a usage error, found before anything is sent
+        validate(args)
+    except ValueError as exc:
+        term.error(str(exc))
+        return EXIT_USAGE
     try:
         return trio.run(_run_with_sigint, args.run, args, term)
     except KeyboardInterrupt:

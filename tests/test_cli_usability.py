@@ -7,70 +7,28 @@ real program in a subprocess and is stopped with SIGINT.
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
-from oai_adapter._cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
+from oai_adapter._cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from oai_adapter._cli._commands import collect_checks, run_bench, run_demo, run_stream
-from oai_adapter._cli._term import Term
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
-IO_DEADLINE = 20  # seconds, as in conftest.py
-
-KEY = "sk-cli-usability-4f1d2c3b5a69788796a5b4c3d2e1f0aa"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("NO_COLOR", raising=False)
-
-
-def _term() -> tuple[Term, io.StringIO, io.StringIO]:
-    out, err = io.StringIO(), io.StringIO()
-    return Term(out, err), out, err
-
-
-def _parse(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(list(argv))
-
-
-def _endpoint(upstream: FakeUpstream) -> list[str]:
-    return ["--base-url", upstream.base_url, "--model", upstream.model]
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture
-async def tls_upstream(ca: trustme.CA, nursery: trio.Nursery) -> FakeUpstream:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    server = FakeUpstream(ssl_context=server_ctx)
-    await nursery.start(server.serve)
-    return server
-
+from .conftest import IO_DEADLINE
+from .test_cli import (
+    KEY,
+    _clean_env,  # noqa: F401  (autouse: no OPENAI_* from the environment)
+    _endpoint,
+    _parse,
+    _term,
+)
 
 # --- a refused TLS connection says why ----------------------------------------------------------
 
@@ -305,10 +263,11 @@ async def test_serve_prints_its_url_check_passes_against_it_and_ctrl_c_exits_0()
 def test_serve_refuses_a_non_loopback_host_unless_allowed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "--host", "0.0.0.0"])
-    assert exit_info.value.code == EXIT_USAGE
-    assert "--allow-remote" in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0"]) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "oai-adapter: error: --host 0.0.0.0 is not a loopback address and the embedded "
+        "upstream has no authentication: add --allow-remote to serve it there\n"
+    )
 
 
 @pytest.mark.parametrize(

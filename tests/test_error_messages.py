@@ -113,18 +113,6 @@ async def test_https_to_a_plain_http_port_is_one_policy_error_saying_it_is_not_t
 # --- which certificate check failed -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
 def _server_context(ca: trustme.CA, case: str, tmp_path: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     now = datetime.datetime.now(datetime.UTC)

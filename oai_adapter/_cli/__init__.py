@@ -16,10 +16,11 @@ and stops at once.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -29,7 +30,6 @@ from ._commands import (
     EXIT_OK,
     EXIT_USAGE,
     Command,
-    is_loopback,
     run_bench,
     run_check,
     run_demo,
@@ -39,7 +39,15 @@ from ._commands import (
 )
 from ._term import Term
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 _EPILOG = (
     "The API key is read from OPENAI_API_KEY (never from an argument, never printed); "
@@ -48,44 +56,46 @@ _EPILOG = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: an integer in `[low, high]`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"{low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def _finite_float(*, zero_ok: bool) -> Callable[[str], float]:
+    """An argparse `type`: a finite float > 0 (or >= 0 when `zero_ok`); NaN and inf refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            bound = ">= 0" if zero_ok else "> 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+_positive_int = _int_in(1)
+_port = _int_in(0, 65535)  # 0: any free port
+_positive_float = _finite_float(zero_ok=False)
+_non_negative_float = _finite_float(zero_ok=True)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {value}")
-    return value
+#: `add_parser` of the subcommands (`argparse`'s subparsers action), handed to each `_add_*`.
+_AddParser = Callable[..., argparse.ArgumentParser]
 
 
 def _endpoint_options(p: argparse.ArgumentParser, *, api: bool = True) -> None:
@@ -118,18 +128,8 @@ def _endpoint_options(p: argparse.ArgumentParser, *, api: bool = True) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="oai-adapter",
-        description="Stream completions from OpenAI-compatible endpoints through oai_adapter.",
-        epilog=_EPILOG,
-    )
-    from .. import __version__
-
-    parser.add_argument("--version", action="version", version=f"oai-adapter {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    demo = sub.add_parser(
+def _add_demo(add_parser: _AddParser) -> None:
+    demo = add_parser(
         "demo",
         help="stream from the embedded test upstream, then show the metrics",
         description="Start the embedded upstream on 127.0.0.1, stream a completion through "
@@ -147,14 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default="Tell me about trio.")
     demo.set_defaults(run=run_demo)
 
-    serve = sub.add_parser(
+
+def _add_serve(add_parser: _AddParser) -> None:
+    serve = add_parser(
         "serve",
         help="run the embedded upstream until Ctrl-C, to try the other commands against",
         description="Serve the embedded OpenAI-compatible upstream (oai_adapter.testing): "
         "chat, completions and responses streams and the probes (/v1/models, /health, /props, "
         "/slots). Prints its base URL on stdout; Ctrl-C stops it (exit 0). HTTP/1.1, or h2c "
-        "with --http2 (one protocol per port). Binds 127.0.0.1 unless told otherwise; it has "
-        "no authentication, so a non-loopback --host also needs --allow-remote.",
+        "with --http2 (chat and completions only; one protocol per port). Binds 127.0.0.1 "
+        "unless told otherwise; it has no authentication, so a non-loopback --host also needs "
+        "--allow-remote.",
         epilog=_EPILOG,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -178,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=run_serve)
 
-    stream = sub.add_parser(
+
+def _add_stream(add_parser: _AddParser) -> None:
+    stream = add_parser(
         "stream",
         help="stream one completion from any endpoint, tokens live",
         description="Stream one completion: tokens on stdout as they arrive; the end and the "
@@ -193,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("prompt", help="the prompt ('-' reads it from stdin)")
     stream.set_defaults(run=run_stream)
 
-    check = sub.add_parser(
+
+def _add_check(add_parser: _AddParser) -> None:
+    check = add_parser(
         "check",
         help="probe an endpoint: health, props, version, a stream per api, a cancel",
         description="Health, props and engine version; a short stream on chat, completions "
@@ -213,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
     check.set_defaults(run=run_check)
 
-    bench = sub.add_parser(
+
+def _add_bench(add_parser: _AddParser) -> None:
+    bench = add_parser(
         "bench",
         help="latency percentiles and throughput under concurrency",
         description="Send --requests completions, --concurrency at a time; then TTFT, ITL, "
@@ -228,6 +237,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt", default="Write a short story about a lighthouse keeper.")
     bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
     bench.set_defaults(run=run_bench)
+
+
+#: The commands, in `--help` order: each adds its subparser, with `run=` its command function.
+#: A new command is one `_add_*` function and one entry here.
+COMMANDS: tuple[Callable[[_AddParser], None], ...] = (
+    _add_demo,
+    _add_serve,
+    _add_stream,
+    _add_check,
+    _add_bench,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oai-adapter",
+        description="Stream completions from OpenAI-compatible endpoints through oai_adapter.",
+        epilog=_EPILOG,
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"oai-adapter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub.add_parser)
     return parser
 
 
@@ -258,11 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     term = Term(sys.stdout, sys.stderr)
     if getattr(args, "prompt", None) == "-":
         args.prompt = sys.stdin.read()
-    if args.command == "serve" and not (is_loopback(args.host) or args.allow_remote):
-        parser.error(
-            f"--host {args.host} is not a loopback address; the embedded upstream has no "
-            "authentication: add --allow-remote to serve it there"
-        )
     try:  # a bad configuration or request is a usage error, found before anything is sent
         validate(args)
     except ValueError as exc:

@@ -95,6 +95,11 @@ def make_request(args: argparse.Namespace) -> TaskRequest:
 def validate(args: argparse.Namespace) -> None:
     """Build what the command will send, before anything is sent: a value the library refuses
     (`ValueError`) is then a usage error (exit 2), never a traceback from inside the run."""
+    if args.command == "serve" and not (is_loopback(args.host) or args.allow_remote):
+        raise ValueError(
+            f"--host {args.host} is not a loopback address and the embedded upstream has no "
+            "authentication: add --allow-remote to serve it there"
+        )
     if args.command in ("demo", "serve"):
         return
     make_config(args, getattr(args, "api", "chat"))
@@ -275,11 +280,16 @@ async def run_serve(args: argparse.Namespace, term: Term, interrupted: trio.Even
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(upstream.serve)
-            protocol = "HTTP/2 (h2c, prior knowledge)" if args.http2 else "HTTP/1.1"
+            # The test kit's HTTP/2 front-end has no Responses stream yet (it answers 404).
+            what = (
+                "HTTP/2 h2c with prior knowledge; chat and completions"
+                if args.http2
+                else "HTTP/1.1; chat, completions and responses"
+            )
             term.write(f"{upstream.base_url}\n")
             term.note(
-                f"serving model {upstream.model!r} at {upstream.base_url} ({protocol}; chat, "
-                "completions, responses, and the probes); Ctrl-C stops"
+                f"serving model {upstream.model!r} at {upstream.base_url} ({what}, and the "
+                "probes); Ctrl-C stops"
             )
             await interrupted.wait()
             nursery.cancel_scope.cancel()

@@ -437,4 +437,18 @@ def _name(exc: BaseException) -> str:
     if not detail or detail.endswith(":"):
         inner = next((str(e).strip() for e in _chain(exc)[1:] if str(e).strip()), "")
         detail = f"{detail} {inner}".strip() if inner else detail.rstrip(":")
+    if (root := _os_reason(exc)) and root not in detail:
+        detail = f"{detail}: {root}" if detail else root
     return f"{type(exc).__name__}: {_clip(detail)}" if detail else type(exc).__name__
+
+
+def _os_reason(exc: BaseException) -> str | None:
+    """The operating system's words for the failure under `exc` (`Connection refused`, `Name
+    or service not known`): the `strerror` of the first `OSError` in its chain, looking into
+    the group trio raises when every address of a host failed."""
+    for link in _chain(exc):
+        while isinstance(link, BaseExceptionGroup) and link.exceptions:
+            link = link.exceptions[0]
+        if isinstance(link, OSError) and link.strerror:
+            return str(link.strerror)
+    return None

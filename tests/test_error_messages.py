@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import socket
 import ssl
 import zlib
 from collections.abc import Callable
@@ -191,3 +192,18 @@ def test_a_connect_error_ending_in_a_colon_is_completed_by_its_cause() -> None:
         "connect failed (ConnectError: connect to localhost:8443 failed: "
         "[Errno 104] Connection reset by peer)"
     )
+
+
+async def test_a_refused_connection_says_connection_refused(upstream: FakeUpstream) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening, closed: connecting is refused
+    config = make_config(
+        upstream, base_url=f"http://127.0.0.1:{port}/v1", retry=RetryPolicy(max_attempts=1)
+    )
+    async with OpenAIAdapter(config) as adapter:
+        kind, message, retryable = the_error(await run(adapter))
+    assert kind is ErrorKind.POOL_UNAVAILABLE
+    assert retryable
+    assert message.startswith("connect failed (ConnectError: ")
+    assert message.endswith("Connection refused)"), message

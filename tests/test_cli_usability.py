@@ -8,10 +8,7 @@ real program in a subprocess and is stopped with SIGINT.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,9 @@ from .test_cli import (
     _endpoint,
     _parse,
     _term,
+    open_cli,
+    read_to_end,
+    read_until,
 )
 
 # --- a refused TLS connection says why ----------------------------------------------------------
@@ -224,22 +224,10 @@ def test_a_bad_number_is_one_usage_line_and_exit_2(
 
 
 async def test_serve_prints_its_url_check_passes_against_it_and_ctrl_c_exits_0() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    code = "import sys; from oai_adapter._cli import main; sys.exit(main())"
-    argv = [sys.executable, "-c", code, "serve", "--port", "0", "--pace", "0"]
     with trio.fail_after(IO_DEADLINE):
-        proc = await trio.lowlevel.open_process(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        )
+        proc = await open_cli("serve", "--port", "0", "--pace", "0")
         try:
-            assert proc.stdout is not None
-            assert proc.stderr is not None
-            seen = b""
-            while b"\n" not in seen:
-                chunk = await proc.stdout.receive_some()
-                assert chunk, f"serve ended early: {seen!r}"
-                seen += chunk
-            base_url = seen.decode().splitlines()[0]
+            base_url = (await read_until(proc.stdout, b"\n")).decode().splitlines()[0]
             assert base_url.startswith("http://127.0.0.1:")
             assert base_url.endswith("/v1")
             rows = await collect_checks(
@@ -247,9 +235,7 @@ async def test_serve_prints_its_url_check_passes_against_it_and_ctrl_c_exits_0()
             )
             assert [(r.name, r.status) for r in rows if r.status != "pass"] == []
             proc.send_signal(signal.SIGINT)
-            err = b""
-            while chunk := await proc.stderr.receive_some():
-                err += chunk
+            err = await read_to_end(proc.stderr)
             assert await proc.wait() == EXIT_OK
         finally:
             if proc.returncode is None:

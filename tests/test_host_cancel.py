@@ -199,3 +199,20 @@ async def test_started_then_cancelled_task_reports_the_serving_replica(
             rest = [ev async for ev in events]
         await ups[1].disconnected.wait()
     assert end_of(rest).reason == "cancelled"
+
+
+async def test_cancel_with_a_full_buffer_and_a_consumer_that_read_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    (up,) = await start_upstreams(nursery, 1, tokens=[f" w{i}" for i in range(800)])
+    async with open_host([up]) as host:
+        async with host.submit("p", TaskRequest(task_id="t", prompt="hi")) as events:
+            await up.wait_quiet(connections=up.connections_open)  # all sent
+            await trio.testing.wait_all_tasks_blocked()
+            assert host.cancel("p", "t") is True
+            first = await events.__anext__()
+            assert isinstance(first, End)
+            assert (first.reason, first.tokens_out) == ("cancelled", 0)
+            with pytest.raises(StopAsyncIteration):
+                await events.__anext__()
+        assert host.statistics().pools["p"].replicas["r0"].running == 0

@@ -308,3 +308,25 @@ async def test_unknown_keys(nursery: trio.Nursery) -> None:
         with pytest.raises(KeyError):
             await host.unbind("nope", "r0")
         assert host.cancel("p", "unknown-task") is False
+
+
+async def test_slow_consumer_holds_a_draining_replica_through_backpressure(
+    nursery: trio.Nursery,
+) -> None:
+    # The upstream finishes at once, but the consumer reads nothing: the task has not ended on
+    # the replica until its events are handed on, so the drain runs out and ends it.
+    (up,) = await start_upstreams(nursery, 1, tokens=[f" w{i}" for i in range(800)])
+    policy = dataclasses.replace(POLICY, drain_timeout=0.2)
+    with trio.fail_after(DEADLINE):
+        async with open_host([up], policy) as host:
+            async with host.submit("p", TaskRequest(task_id="t", prompt="hi")) as events:
+                started = await events.__anext__()
+                assert isinstance(started, Started)
+                await up.wait_quiet(connections=up.connections_open)  # everything sent
+                assert host.statistics().pools["p"].replicas["r0"].running == 1
+                await host.unbind("p", "r0")
+                seen = [started, *[ev async for ev in events]]
+    end = check_stream(seen, tokens=up.tokens)
+    assert end.error is not None
+    assert end.error.message == "replica r0 was unbound"  # not "stop": it was still handing on
+    assert 0 < end.tokens_out < 800

@@ -402,3 +402,36 @@ async def test_end_of_a_failed_task_is_retryable_like_the_adapters(nursery: trio
     assert isinstance(end, End)
     assert end.error is not None
     assert end.error.retryable
+
+
+async def test_cool_off_is_capped_at_breaker_open_max(
+    nursery: trio.Nursery, loopback_clock: MockClock
+) -> None:
+    ups = await start_upstreams(nursery, 2)
+    ups[0].script(Fault.status(429, retry_after="1000"))
+    policy = dataclasses.replace(POLICY, breaker_open=5.0, breaker_open_max=20.0)
+    session = session_for(["r0"], REPLICAS2)
+    async with open_host(ups, policy, retry=RetryPolicy(max_attempts=1)) as host:
+        await run(host, TaskRequest(task_id="a", prompt="hi", session_id=session))
+        await trio.sleep(19.0)
+        cooling = await run(host, TaskRequest(task_id="b", prompt="hi", session_id=session))
+        await trio.sleep(1.0)
+        back = await run(host, TaskRequest(task_id="c", prompt="hi", session_id=session))
+    assert isinstance(cooling[0], Started)
+    assert cooling[0].replica_id == "r1"
+    assert isinstance(back[0], Started)
+    assert back[0].replica_id == "r0"  # 20 s, not 1000
+
+
+async def test_deadline_unmet_is_not_a_breaker_failure(
+    nursery: trio.Nursery, loopback_clock: MockClock
+) -> None:
+    (up,) = await start_upstreams(nursery, 1)
+    up.script(Fault.stall_after(1))
+    async with open_host([up], timeouts=Timeouts(idle=50.0, total=3.0)) as host:
+        events = await run(host, TaskRequest(task_id="t", prompt="hi"))
+        r0 = host.statistics().pools["p"].replicas["r0"]
+    error = end_of(events).error
+    assert error is not None
+    assert error.kind is ErrorKind.DEADLINE_UNMET
+    assert (r0.failures, r0.consecutive_failures) == (0, 0)

@@ -145,3 +145,13 @@ async def test_no_record_per_token(nursery: trio.Nursery, narration: list[dict[s
         narration.clear()
         await run(host, TaskRequest(task_id="t", prompt="hi"))
     assert actions(narration) == [("route", "DEBUG")]
+
+
+async def test_target_is_openai_http_while_the_engine_is_unknown(
+    nursery: trio.Nursery, narration: list[dict[str, Any]]
+) -> None:
+    (up,) = await start_upstreams(nursery, 1, flavor="openai")
+    async with open_host([up]) as host:
+        await run(host, TaskRequest(task_id="t", prompt="hi"))
+    assert narration
+    assert {r["extra"]["target"] for r in narration} == {"openai-http"}

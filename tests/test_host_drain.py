@@ -330,3 +330,29 @@ async def test_slow_consumer_holds_a_draining_replica_through_backpressure(
     assert end.error is not None
     assert end.error.message == "replica r0 was unbound"  # not "stop": it was still handing on
     assert 0 < end.tokens_out < 800
+
+
+async def test_leaving_the_host_mid_drain_ends_a_task_before_started_without_failover(
+    nursery: trio.Nursery,
+) -> None:
+    old, new = await start_upstreams(nursery, 2)
+    old.script(Fault.stall_before_headers())
+    seen: list[Event] = []
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as outer:
+            async with open_host([old]) as host:
+
+                async def consume(task_status: trio.TaskStatus[None]) -> None:
+                    async with host.submit("p", TaskRequest(task_id="t", prompt="hi")) as events:
+                        task_status.started()
+                        seen.extend([ev async for ev in events])
+
+                await outer.start(consume)
+                while not old.completion_requests():
+                    await trio.testing.wait_all_tasks_blocked()
+                await host.bind("p", "r0", config(new))  # the old r0 drains the stalled task
+    assert [type(ev) for ev in seen] == [End]
+    error = end_of(seen).error
+    assert error is not None
+    assert error.message == "the host closed"
+    assert posts(new) == 0

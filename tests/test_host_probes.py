@@ -226,3 +226,23 @@ async def test_half_open_trial_that_ends_as_neither_frees_the_trial(
 
 async def test_policy_default_is_used_when_none_is_given() -> None:
     assert AdapterHost().policy == HostPolicy()
+
+
+async def test_engine_version_is_probed_again_when_health_changes(
+    nursery: trio.Nursery, loopback_clock: MockClock
+) -> None:
+    (up,) = await start_upstreams(nursery, 1, flavor="vllm")
+    policy = dataclasses.replace(POLICY, probe_interval=1.0)
+    async with open_host([up], policy, retry=RetryPolicy(max_attempts=1)) as host:
+        at_bind = probe_paths(up).count("/version")
+        await trio.sleep(2.5)  # two rounds, health unchanged
+        steady = probe_paths(up).count("/version")
+        up.loading = True
+        await trio.sleep(1.0)  # not ready: health changed
+        up.loading = False
+        await trio.sleep(1.0)  # ready again: changed again
+        after = probe_paths(up).count("/version")
+        assert host.capabilities()["p"].engines == ("vllm 0.11.0",)
+    assert at_bind == 1
+    assert steady == 1
+    assert after == 3

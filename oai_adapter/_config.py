@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import ssl
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import httpx2
 
@@ -241,6 +243,16 @@ def _parse_url(name: str, value: object, *, allow_credentials: bool = False) -> 
     return url
 
 
+#: An HTTP field name (RFC 9110 §5.1, `token`): what h11 and h2 accept on the wire.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _is_field_value(value: str) -> bool:
+    """True for a header value every transport can send: visible ASCII, spaces and tabs (RFC
+    9110 §5.5 also allows obs-text, but httpx2 encodes values as ASCII)."""
+    return all(" " <= ch <= "~" or ch == "\t" for ch in value)
+
+
 def _check_headers(headers: object) -> Mapping[str, str]:
     if not isinstance(headers, Mapping):
         raise ValueError("AdapterConfig.headers: must be a mapping of str to str")
@@ -248,8 +260,17 @@ def _check_headers(headers: object) -> Mapping[str, str]:
     for k, v in headers.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise ValueError("AdapterConfig.headers: names and values must be str")
-        if any(ch in k + v for ch in "\r\n\0"):
-            raise ValueError(f"AdapterConfig.headers: {k!r} has a control character")
+        if not _TOKEN.fullmatch(k):
+            raise ValueError(
+                f"AdapterConfig.headers: {k!r} is not a header name (letters, digits and "
+                "!#$%&'*+-.^_`|~ only: no spaces, no control or non-ASCII characters)"
+            )
+        if not _is_field_value(v):
+            # the value is not echoed: a caller may keep something private in a custom header
+            raise ValueError(
+                f"AdapterConfig.headers: the value of {k!r} must be printable ASCII "
+                "(no control or non-ASCII characters)"
+            )
         if k.lower() in _RESERVED_HEADERS:
             raise ValueError(f"AdapterConfig.headers: {k!r} is set by the adapter")
         if is_credential_name(k):
@@ -308,12 +329,17 @@ class TaskRequest:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise ValueError("TaskRequest.seed: must be an int")
-        for name in ("session_id", "correlation_id"):
-            value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, str) or any(c in value for c in "\r\n\0")
-            ):
-                raise ValueError(f"TaskRequest.{name}: must be a str without control characters")
+        sid = self.session_id
+        if sid is not None and (
+            not isinstance(sid, str) or any(unicodedata.category(c) == "Cc" for c in sid)
+        ):
+            raise ValueError("TaskRequest.session_id: must be a str without control characters")
+        cid = self.correlation_id
+        if cid is not None and (not isinstance(cid, str) or not _is_field_value(cid)):
+            raise ValueError(
+                "TaskRequest.correlation_id: must be a str of printable ASCII characters "
+                "(it is sent as the X-Correlation-Id header)"
+            )
         if self.extra is not None:
             if not isinstance(self.extra, Mapping):
                 raise ValueError("TaskRequest.extra: must be a mapping")

@@ -32,13 +32,13 @@ incomplete/error details, so msgspec skips the output without building it.
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from ._errors import _ErrorBody, error_from_event
 from ._events import Event, ReasoningDelta, Token
-from ._mappers import Mapper, ProtocolError, finish_to_reason
+from ._mappers import Mapper, ProtocolError, finish_to_reason, usage_count
 
 __all__ = ["ResponsesMapper"]
 
@@ -47,8 +47,8 @@ __all__ = ["ResponsesMapper"]
 
 
 class _Usage(msgspec.Struct, gc=False):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
+    input_tokens: Any = None  # any JSON value, read by `usage_count` (as in `_mappers`)
+    output_tokens: Any = None
 
 
 class _Incomplete(msgspec.Struct, gc=False):
@@ -120,20 +120,12 @@ class ResponsesMapper(Mapper):
             self.events_seen += 1
             self.done = True
             return
-        try:
-            ev = _decoder.decode(data)
-            lenient = False
-        except msgspec.ValidationError as exc:
-            # valid JSON, but a field we name has another shape: fatal only in a type we map
-            kind = _type_decoder.decode(data).type or name
-            if kind in _MAPPED:
-                raise ProtocolError(f"unexpected {kind} event: {exc}") from None
-            if kind not in _PREAMBLE:
+        decoded = _decode(name, data)
+        if isinstance(decoded, str):  # a type we do not map, in a shape we cannot read
+            if decoded not in _PREAMBLE:
                 self.events_seen += 1
             return
-        except msgspec.DecodeError:
-            ev = _decode_lenient(data)
-            lenient = True
+        ev, lenient = decoded
         kind = ev.type or name
         if kind in _PREAMBLE:
             return
@@ -184,8 +176,8 @@ class ResponsesMapper(Mapper):
         self.done = True
         usage = response.usage if response is not None else None
         if usage is not None:
-            self.prompt_tokens = usage.input_tokens
-            self.completion_tokens = usage.output_tokens
+            self.prompt_tokens = usage_count(usage.input_tokens)
+            self.completion_tokens = usage_count(usage.output_tokens)
         details = response.incomplete_details if response is not None else None
         if details is not None and details.reason:
             self.finish = finish_to_reason(details.reason)
@@ -214,6 +206,28 @@ class ResponsesMapper(Mapper):
             body, first=self.events_seen == 1, fallback_message=said or "response failed"
         )
         self.done = True
+
+
+def _decode(name: str, data: bytes) -> tuple[_Event, bool] | str:
+    """The event and whether the slow `json` path read it, or — for an event whose fields have
+    a shape we cannot read — its type, when it is a type we skip anyway. Raises `ProtocolError`
+    for what we cannot read in a type we map."""
+    try:
+        return _decoder.decode(data), False
+    except msgspec.ValidationError as exc:
+        problem = str(exc)  # valid JSON, but a field we name has another shape
+    except msgspec.DecodeError:
+        return _decode_lenient(data), True
+    try:
+        # `json` reads what msgspec refuses in an otherwise fine event: a number beyond a
+        # double (inf) in a usage count, which `usage_count` then ignores
+        return msgspec.convert(json.loads(data), _Event), True
+    except (ValueError, msgspec.ValidationError):
+        pass
+    kind = _type_decoder.decode(data).type or name
+    if kind in _MAPPED:
+        raise ProtocolError(f"unexpected {kind} event: {problem}")
+    return kind
 
 
 def _decode_lenient(data: bytes) -> _Event:

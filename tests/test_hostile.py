@@ -8,9 +8,11 @@ out of the iteration.
 
 from __future__ import annotations
 
+import pytest
 import trio
 
-from oai_adapter import End, ErrorKind, OpenAIAdapter, TaskRequest
+from oai_adapter import End, ErrorKind, Metrics, OpenAIAdapter, TaskRequest
+from oai_adapter._config import Api
 from oai_adapter._events import Event
 
 from .conftest import IO_DEADLINE, make_config
@@ -70,3 +72,59 @@ async def test_hostile_upstream_closing_before_a_response_is_retried(
     check_grammar(events)
     assert text_of(events) == "hi"
     assert hostile.connections == 2
+
+
+# --- usage counts that are not ints (issue 14: "some servers send 3.0") ------------------------
+
+
+def _usage_stream(api: Api, prompt: str, completion: str) -> bytes:
+    """A one-token answer in `api`'s shape whose usage block carries these raw JSON numbers."""
+    if api == "responses":
+        usage = f'{{"input_tokens":{prompt},"output_tokens":{completion}}}'
+        return sse_response(
+            b'data: {"type":"response.output_text.delta","delta":"hi"}\n\n',
+            b'data: {"type":"response.completed","response":{"status":"completed","usage":'
+            + usage.encode()
+            + b"}}\n\n",
+        )
+    usage = f'{{"prompt_tokens":{prompt},"completion_tokens":{completion}}}'
+    piece = b'"delta":{"content":"hi"}' if api == "chat" else b'"text":"hi"'
+    return sse_response(
+        b'data: {"choices":[{"index":0,'
+        + piece
+        + b',"finish_reason":"stop"}],"usage":'
+        + usage.encode()
+        + b"}\n\n",
+        b"data: [DONE]\n\n",
+    )
+
+
+@pytest.mark.parametrize("api", ["chat", "completions", "responses"])
+@pytest.mark.parametrize(
+    ("prompt", "completion", "counts"),
+    [
+        ("3.0", "1.0", (3, 1)),  # integral floats: converted
+        ("3.5", "1", (None, 1)),  # a fraction: ignored
+        ("-2", "1e300", (None, None)),  # negative, huge
+        ("NaN", "Infinity", (None, None)),  # what Python's json writes for nan and inf
+        ("1e400", "2", (None, 2)),  # beyond a double
+        ('"3"', "true", (None, None)),  # not numbers at all
+    ],
+)
+async def test_odd_usage_counts_end_as_stop_with_integral_counts_kept(
+    hostile: HostileUpstream,
+    loopback_clock: trio.abc.Clock,
+    api: Api,
+    prompt: str,
+    completion: str,
+    counts: tuple[int | None, int | None],
+) -> None:
+    hostile.play(_usage_stream(api, prompt, completion))
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(make_config(hostile, api=api)) as adapter:
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    assert end_of(events).reason == "stop", events[-1]
+    metrics = events[-2]
+    assert isinstance(metrics, Metrics)
+    assert (metrics.prompt_tokens, metrics.completion_tokens) == counts
+    assert text_of(events) == "hi"

@@ -4,7 +4,8 @@ A mapper sees the stream's `(event_name, data)` pairs in order and appends `Toke
 `ReasoningDelta`s, `ToolCallDelta`s) to the caller's list; what ends the stream (a finish
 reason, `[DONE]`, a terminal event), the usage counts and an in-stream error are left on the
 mapper for the adapter to read. It never raises
-for anything the upstream sends except bytes that are not the JSON it expects (`ProtocolError`).
+for anything the upstream sends except bytes that are not the JSON it expects (`ProtocolError`,
+also for JSON nested deeper than the decoders recurse: msgspec raises `RecursionError` there).
 
 Wire types are view Structs naming only the fields read, every field defaulted, unknown fields
 skipped; one module-level `Decoder` per type, decoding straight from `bytes` (msgspec's
@@ -34,7 +35,15 @@ from ._errors import ErrorKind, WorkerError, _ErrorBody, error_from_event, make_
 from ._events import EndReason, Event, ReasoningDelta, Token
 from ._tools import ToolCalls
 
-__all__ = ["ChatMapper", "Mapper", "ProtocolError", "finish_to_reason", "usage_count"]
+__all__ = [
+    "ChatMapper",
+    "Mapper",
+    "ProtocolError",
+    "finish_to_reason",
+    "malformed",
+    "nested_too_deeply",
+    "usage_count",
+]
 
 
 class ProtocolError(ValueError):
@@ -201,6 +210,8 @@ class ChatMapper(Mapper):
         except msgspec.DecodeError:
             chunk = _decode_lenient(data)
             lenient = True
+        except RecursionError:
+            raise nested_too_deeply(data) from None
         if chunk.error is not None or name == "error":
             body = chunk.error if isinstance(chunk.error, _ErrorBody) else None
             said = chunk.error if isinstance(chunk.error, str) else ""
@@ -258,6 +269,22 @@ def _decode_lenient(data: bytes) -> _Chunk:
     """
     try:
         return msgspec.convert(json.loads(data), _Chunk)
-    except (ValueError, msgspec.ValidationError, RecursionError):
-        preview = data[:80].decode("utf-8", "replace")
-        raise ProtocolError(f"malformed JSON in the event stream: {preview!r}") from None
+    except RecursionError:
+        raise nested_too_deeply(data) from None
+    except (ValueError, msgspec.ValidationError):
+        raise malformed(data) from None
+
+
+def malformed(data: bytes) -> ProtocolError:
+    """The error for an event that is not the JSON we expect, with the start of it."""
+    preview = data[:80].decode("utf-8", "replace")
+    return ProtocolError(f"malformed JSON in the event stream: {preview!r}")
+
+
+def nested_too_deeply(data: bytes) -> ProtocolError:
+    """The error for an event whose JSON nests deeper than the decoders recurse: msgspec and
+    `json` raise `RecursionError` (not a decode error) at about 2,000 levels (FACTS.md)."""
+    preview = data[:40].decode("utf-8", "replace")
+    return ProtocolError(
+        f"JSON nested too deeply in the event stream ({len(data)} bytes: {preview!r}…)"
+    )

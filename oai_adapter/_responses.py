@@ -38,7 +38,14 @@ import msgspec
 
 from ._errors import _ErrorBody, error_from_event
 from ._events import Event, ReasoningDelta, Token
-from ._mappers import Mapper, ProtocolError, finish_to_reason, usage_count
+from ._mappers import (
+    Mapper,
+    ProtocolError,
+    finish_to_reason,
+    malformed,
+    nested_too_deeply,
+    usage_count,
+)
 
 __all__ = ["ResponsesMapper"]
 
@@ -120,7 +127,10 @@ class ResponsesMapper(Mapper):
             self.events_seen += 1
             self.done = True
             return
-        decoded = _decode(name, data)
+        try:
+            decoded = _decode(name, data)
+        except RecursionError:
+            raise nested_too_deeply(data) from None
         if isinstance(decoded, str):  # a type we do not map, in a shape we cannot read
             if decoded not in _PREAMBLE:
                 self.events_seen += 1
@@ -235,6 +245,5 @@ def _decode_lenient(data: bytes) -> _Event:
     (a server that cuts deltas on UTF-16 units, FACTS.md)."""
     try:
         return msgspec.convert(json.loads(data), _Event)
-    except (ValueError, msgspec.ValidationError, RecursionError):
-        preview = data[:80].decode("utf-8", "replace")
-        raise ProtocolError(f"malformed JSON in the event stream: {preview!r}") from None
+    except (ValueError, msgspec.ValidationError):
+        raise malformed(data) from None

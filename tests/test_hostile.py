@@ -17,7 +17,7 @@ from oai_adapter._events import Event
 
 from .conftest import IO_DEADLINE, make_config
 from .helpers import check_grammar, collect, text_of
-from .hostile import Close, HostileUpstream, Read, Reset, Wait, Write, sse_response
+from .hostile import Close, HostileUpstream, Read, Reset, Wait, Write, json_response, sse_response
 
 _CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
 _FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
@@ -128,3 +128,66 @@ async def test_odd_usage_counts_end_as_stop_with_integral_counts_kept(
     assert isinstance(metrics, Metrics)
     assert (metrics.prompt_tokens, metrics.completion_tokens) == counts
     assert text_of(events) == "hi"
+
+
+# --- JSON nested deeper than the decoder recurses (msgspec raises RecursionError) -------------
+
+#: 100 KB of `[`: far past the ~2,000 levels at which msgspec gives up (FACTS.md).
+_DEEP = b"[" * 100_000
+
+
+def _first_delta(api: Api) -> bytes:
+    if api == "responses":
+        return b'data: {"type":"response.output_text.delta","delta":"hi"}\n\n'
+    piece = b'"delta":{"content":"hi"}' if api == "chat" else b'"text":"hi"'
+    return b'data: {"choices":[{"index":0,' + piece + b',"finish_reason":null}]}\n\n'
+
+
+@pytest.mark.parametrize("api", ["chat", "completions", "responses"])
+@pytest.mark.parametrize(
+    "deep",
+    [
+        b"data: " + _DEEP + b"\n\n",  # the whole event
+        b'data: {"choices":' + _DEEP + b"\n\n",  # a field we read
+        b'data: {"type":"response.completed","response":' + _DEEP + b"\n\n",
+        b'data: {"unknown":' + _DEEP + b"\n\n",  # a field every view skips
+        b'data: {"x":"\\ud83d","y":' + _DEEP + b"\n\n",  # the slow json path's recursion
+    ],
+)
+async def test_deeply_nested_json_in_a_stream_ends_it_as_protocol_naming_the_cause(
+    hostile: HostileUpstream, loopback_clock: trio.abc.Clock, api: Api, deep: bytes
+) -> None:
+    hostile.play(sse_response(_first_delta(api), deep))
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(make_config(hostile, api=api)) as adapter:
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    error = end_of(events).error
+    assert error is not None
+    assert error.kind is ErrorKind.PROTOCOL
+    assert "nested too deeply" in error.message
+    assert text_of(events) == "hi"
+
+
+async def test_a_deeply_nested_error_body_keeps_its_status_kind(
+    hostile: HostileUpstream, loopback_clock: trio.abc.Clock
+) -> None:
+    hostile.play(json_response(400, b'{"error":{"message":"no","detail":' + _DEEP))
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(make_config(hostile)) as adapter:
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    error = end_of(events).error
+    assert error is not None
+    assert (error.kind, error.status) == (ErrorKind.INVALID_PARAMS, 400)
+
+
+async def test_deeply_nested_json_as_the_first_event_ends_the_task_as_protocol(
+    hostile: HostileUpstream, loopback_clock: trio.abc.Clock
+) -> None:
+    hostile.play(sse_response(b"data: " + _DEEP + b"\n\n"))
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(make_config(hostile)) as adapter:
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    error = end_of(events).error
+    assert error is not None
+    assert error.kind is ErrorKind.PROTOCOL
+    assert "nested too deeply" in error.message

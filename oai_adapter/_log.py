@@ -130,9 +130,23 @@ if not any(isinstance(f, _HpackRedaction) for f in logging.getLogger("hpack.hpac
     logging.getLogger("hpack.hpack").addFilter(_HPACK_FILTER)
 
 
-#: The library's logger. Disabled until the application enables "oai_adapter".
+def _enabled_before_import() -> bool:
+    """True when the application called `logger.enable("oai_adapter")` before importing us
+    (the order docs/observability.md shows). loguru has no public way to ask, so this reads its
+    activation list (loguru 0.7: most specific prefix first); if that ever moves, the answer is
+    False and the import disables as before (tests/test_logging_import_order.py notices)."""
+    activations = getattr(getattr(_root, "_core", None), "activation_list", ())
+    for prefix, enabled in activations:
+        if "oai_adapter.".startswith(prefix):
+            return bool(enabled)
+    return False
+
+
+#: The library's logger. Disabled until the application enables "oai_adapter" — before or
+#: after this import: an `enable` that came first is not undone.
 log: Logger = _root.patch(_redact_record)
-_root.disable("oai_adapter")
+if not _enabled_before_import():
+    _root.disable("oai_adapter")
 
 
 class TaskLog:

@@ -20,8 +20,15 @@ event ends the stream (`done`); `data: [DONE]` after it is never read, and its a
 normal end (llama-server and OpenAI send none; LiteLLM does).
 
 Quirks (FACTS.md, "Streams"): llama-server and transformers send `response.completed` even when
-`max_output_tokens` was hit, so a completed response whose `output_tokens` reached the request's
-limit (or whose status is `incomplete`) ends with `length`. The lifecycle preamble
+`max_output_tokens` was hit, so a completed response ends with `length` when its status is
+`incomplete`, or when its `output_tokens` equal the request's limit *and* it has no
+`incomplete_details` key. Both conditions keep an explicit `completed` believed where the
+heuristic would be wrong: a server that writes the full schema (OpenAI: `incomplete_details:
+null`) sends `response.incomplete` when the limit cuts, and a server that ignores the limit
+(nginx replaying a capture, some proxies) goes past it rather than stopping exactly on it.
+llama-server's `response.completed` has no `incomplete_details` key (its source builds `id`,
+`object`, `created_at`, `status`, `model`, `output`, `usage` only); transformers leaves `None`
+fields out. The lifecycle preamble
 (`response.created`, `response.in_progress`, `response.queued`) is not counted in `events_seen`:
 it says nothing about the outcome, so an `error` right after it is still the *first* event and
 is treated like the status it names (a rate limit is retried before `Started`). `response.completed`
@@ -65,7 +72,9 @@ class _Incomplete(msgspec.Struct, gc=False):
 class _Response(msgspec.Struct, gc=False):
     status: str | None = None
     usage: _Usage | None = None
-    incomplete_details: _Incomplete | None = None
+    # UNSET (the key is absent) tells a server that writes the full schema — `null` when
+    # nothing was cut — from one that leaves it out (llama-server, transformers)
+    incomplete_details: _Incomplete | msgspec.UnsetType | None = msgspec.UNSET
     error: _ErrorBody | None = None
 
 
@@ -189,16 +198,16 @@ class ResponsesMapper(Mapper):
             self.prompt_tokens = usage_count(usage.input_tokens)
             self.completion_tokens = usage_count(usage.output_tokens)
         details = response.incomplete_details if response is not None else None
-        if details is not None and details.reason:
+        if isinstance(details, _Incomplete) and details.reason:
             self.finish = finish_to_reason(details.reason)
         elif kind == "response.incomplete" or (
             response is not None and response.status == "incomplete"
         ):
             self.finish = "length"  # incomplete without a reason: cut short, by a limit
         elif (
-            self.max_tokens is not None
-            and self.completion_tokens is not None
-            and self.completion_tokens >= self.max_tokens
+            details is msgspec.UNSET
+            and self.max_tokens is not None
+            and self.completion_tokens == self.max_tokens
         ):
             self.finish = "length"  # llama-server, transformers: `completed` at the limit
         elif self._tools is not None and self._tools.count:

@@ -25,7 +25,7 @@ import httpx2
 from ._redact import Secret, is_credential_name, redact
 from ._tls import build_ssl_context
 
-__all__ = ["AdapterConfig", "RetryPolicy", "TaskRequest", "Timeouts"]
+__all__ = ["AdapterConfig", "RetryPolicy", "TaskRequest", "Timeouts", "dropped_credential"]
 
 Api = Literal["chat", "completions", "responses"]
 _APIS = ("chat", "completions", "responses")
@@ -179,7 +179,7 @@ class AdapterConfig:
             raise ValueError("AdapterConfig.allowed_hosts: must be a collection of host names")
         if not all(isinstance(h, str) for h in hosts):
             raise ValueError("AdapterConfig.allowed_hosts: host names must be str")
-        hosts = frozenset(h.strip().lower().strip("[]") for h in hosts)
+        hosts = frozenset(_normal_host(h) for h in hosts)
         if not hosts or "" in hosts:
             raise ValueError("AdapterConfig.allowed_hosts: must name at least one host")
         set_(self, "allowed_hosts", hosts)
@@ -217,10 +217,56 @@ class AdapterConfig:
     def host(self) -> str:
         return httpx2.URL(self.base_url).host
 
+    def __getstate__(self) -> list[Any]:
+        # Pickling drops the credentials: the key (its `Secret` pickles as its fingerprint) and
+        # a proxy URL's password (written as its fingerprint, `user:****<fp6>@host`); an
+        # adapter refuses to open with either (`dropped_credential`).
+        state = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return [
+            redact(v) if f.name == "proxy" and v else v
+            for f, v in zip(dataclasses.fields(self), state, strict=True)
+        ]
+
     def __repr__(self) -> str:
         # `api_key` shows its fingerprint; redaction also hides a proxy URL's password.
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return redact(f"AdapterConfig({fields})")
+
+
+#: A proxy password replaced by its fingerprint when its config was pickled.
+_DROPPED_PASSWORD: Final = re.compile(r"\*\*\*\*[0-9a-f]{6}")
+
+
+def dropped_credential(config: AdapterConfig) -> str | None:
+    """Why `config` cannot be used to open an adapter — a credential dropped when it was
+    pickled (the key, a proxy's password) — or None."""
+    key = config.api_key
+    if key is not None and key.dropped:
+        return (
+            f"AdapterConfig.api_key: {key} was dropped when the config was pickled; give the "
+            "key again, e.g. dataclasses.replace(config, api_key=...)"
+        )
+    if config.proxy and _DROPPED_PASSWORD.fullmatch(httpx2.URL(config.proxy).password or ""):
+        return (
+            "AdapterConfig.proxy: its password was dropped when the config was pickled; give "
+            "the proxy again, e.g. dataclasses.replace(config, proxy=...)"
+        )
+    return None
+
+
+def _normal_host(name: str) -> str:
+    """`name` as httpx2's `URL.host` gives a host — lower case, IDNA decoded (`xn--bcher-kva`
+    → `bücher`), an IPv6 address without brackets —, the form the egress check compares, so
+    an allowlist written in punycode or in Unicode matches either form of `base_url`."""
+    host = name.strip().lower().strip("[]")
+    if not host:
+        return ""
+    if any(ch.isspace() or ch in "/?#@%\\" for ch in host):
+        raise ValueError(f"AdapterConfig.allowed_hosts: {name!r} is not a host name")
+    try:
+        return httpx2.URL(f"http://[{host}]/" if ":" in host else f"http://{host}/").host
+    except Exception:
+        raise ValueError(f"AdapterConfig.allowed_hosts: {name!r} is not a host name") from None
 
 
 def _parse_url(name: str, value: object, *, allow_credentials: bool = False) -> httpx2.URL:
@@ -238,7 +284,9 @@ def _parse_url(name: str, value: object, *, allow_credentials: bool = False) -> 
         raise ValueError(
             f"AdapterConfig.{name}: must not carry credentials; give the key as api_key"
         )
-    if url.query or url.fragment:
+    if url.query or url.fragment or "?" in value or "#" in value:
+        # also an empty one (`/v1?`, `/v1#`): httpx2 keeps it, and every path joined on would
+        # land in the query or fragment instead of the path
         raise ValueError(f"AdapterConfig.{name}: must not have a query or fragment")
     return url
 

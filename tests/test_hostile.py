@@ -8,6 +8,8 @@ out of the iteration.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
@@ -191,3 +193,26 @@ async def test_deeply_nested_json_as_the_first_event_ends_the_task_as_protocol(
     assert error is not None
     assert error.kind is ErrorKind.PROTOCOL
     assert "nested too deeply" in error.message
+
+
+# --- the HTTP stack's own DEBUG records (stdlib logging) --------------------------------------
+
+_KEY = "sk-proj-Hostile0Echo1Key2Zq8Xr4Lm2Np7"
+
+
+async def test_debug_records_of_the_http_stack_never_show_an_echoed_key(
+    hostile: HostileUpstream, loopback_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a hostile upstream echoes the Authorization header back in response headers, which
+    # httpcore2 logs at DEBUG with their values ("receive_response_headers.complete …")
+    echo = [("x-echo-authorization", f"Bearer {_KEY}"), ("x-key", _KEY)]
+    hostile.play(sse_response(_CHUNK, _FINISH, headers=echo))
+    caplog.set_level(logging.DEBUG)
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(make_config(hostile, api_key=_KEY)) as adapter:
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    assert end_of(events).reason == "stop"
+    http_records = [r for r in caplog.records if r.name.startswith(("httpcore2", "httpx2"))]
+    assert any("receive_response_headers" in r.getMessage() for r in http_records)
+    for record in caplog.records:
+        assert _KEY not in record.getMessage(), record.name

@@ -13,13 +13,23 @@ import logging
 import pytest
 import trio
 
-from oai_adapter import End, ErrorKind, Metrics, OpenAIAdapter, TaskRequest
+from oai_adapter import End, ErrorKind, Metrics, OpenAIAdapter, TaskRequest, Timeouts
 from oai_adapter._config import Api
 from oai_adapter._events import Event
 
 from .conftest import IO_DEADLINE, make_config
 from .helpers import check_grammar, collect, text_of
-from .hostile import Close, HostileUpstream, Read, Reset, Wait, Write, json_response, sse_response
+from .hostile import (
+    Close,
+    Hold,
+    HostileUpstream,
+    Read,
+    Reset,
+    Wait,
+    Write,
+    json_response,
+    sse_response,
+)
 
 _CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
 _FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
@@ -74,6 +84,19 @@ async def test_hostile_upstream_closing_before_a_response_is_retried(
     check_grammar(events)
     assert text_of(events) == "hi"
     assert hostile.connections == 2
+
+
+async def test_hostile_upstream_holding_the_connection_meets_the_first_token_timeout(
+    hostile: HostileUpstream, loopback_clock: trio.abc.Clock
+) -> None:
+    hostile.script([Read(), Write(sse_response()), Hold()])
+    config = make_config(hostile, timeouts=Timeouts(first_token=2.0))
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(config) as adapter:
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
+    error = end_of(events).error
+    assert error is not None
+    assert error.kind is ErrorKind.DECODE_TIMEOUT
 
 
 # --- usage counts that are not ints (issue 14: "some servers send 3.0") ------------------------

@@ -26,7 +26,7 @@ from typing import Final
 import httpx2
 import trio
 
-from ._config import AdapterConfig
+from ._config import AdapterConfig, dropped_credential
 from ._errors import ErrorKind, make_error
 from ._h2transport import H2Transport
 from ._tls import build_ssl_context
@@ -55,11 +55,8 @@ class Upstream:
     def __init__(
         self, config: AdapterConfig, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> None:
-        if config.api_key is not None and config.api_key.dropped:
-            raise ValueError(
-                f"AdapterConfig.api_key: {config.api_key} was dropped when the config was "
-                "pickled; give the key again, e.g. dataclasses.replace(config, api_key=...)"
-            )
+        if (dropped := dropped_credential(config)) is not None:
+            raise ValueError(dropped)
         self.config = config
         self.base_url = config.base_url
         self._entered = False

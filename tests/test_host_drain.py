@@ -163,10 +163,12 @@ async def test_unbind_waits_for_running_tasks_then_closes_the_adapter(
 
                 async def consume(task_status: trio.TaskStatus[None]) -> None:
                     async with host.submit("p", TaskRequest(task_id="t", prompt="hi")) as events:
+                        started = await events.__anext__()  # placed on r0, streaming
+                        assert isinstance(started, Started)
                         task_status.started()
                         end = [ev async for ev in events][-1]
                         assert isinstance(end, End)
-                        assert end.reason == "stop"
+                        assert end.reason == "stop", end
                         order.append("ended")
 
                 await n.start(consume)

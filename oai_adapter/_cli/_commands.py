@@ -23,6 +23,7 @@ from .._adapter import OpenAIAdapter
 from .._config import AdapterConfig, Api, TaskRequest, Timeouts
 from .._errors import ErrorInfo, ErrorKind
 from .._events import End, Event, Metrics, Started, Token, WorkerProps
+from .._grammar import stream_problem
 from .._redact import redact
 from ._stats import PERCENTILES, RequestSample, summarize
 from ._term import Term, render_table
@@ -272,33 +273,6 @@ class CheckRow:
     detail: str
 
 
-def grammar_problem(events: list[Event]) -> str | None:
-    """Why `events` is not `Started Token* Metrics? End` (or `End` alone), else `None`."""
-    if not events or not isinstance(events[-1], End):
-        return "the stream did not end with End"
-    end = events[-1]
-    body = events[:-1]
-    if any(isinstance(e, End) for e in body):
-        return "more than one End"
-    if not body:
-        return None
-    if not isinstance(body[0], Started):
-        return f"the first event is {type(body[0]).__name__}, not Started"
-    rest = body[1:]
-    if rest and isinstance(rest[-1], Metrics):
-        rest = rest[:-1]
-    elif end.reason != "cancelled":
-        return "no Metrics before End"
-    for i, event in enumerate(rest):
-        if not isinstance(event, Token):
-            return f"a {type(event).__name__} among the Tokens"
-        if event.index != i:
-            return f"Token index {event.index} where {i} was due"
-    if end.tokens_out != len(rest):
-        return f"End.tokens_out is {end.tokens_out}, {len(rest)} Tokens were delivered"
-    return None
-
-
 def _describe_props(props: WorkerProps) -> str:
     parts = []
     if props.slots_total is not None:
@@ -335,7 +309,7 @@ async def _check_stream(
         if err.kind is ErrorKind.UPSTREAM_NOT_FOUND and err.status == 404:
             return CheckRow(name, "skip", f"not supported ({describe_error(err)})"), False
         return CheckRow(name, "fail", describe_error(err)), False
-    if problem := grammar_problem(result.events):
+    if problem := stream_problem(result.events):
         return CheckRow(name, "fail", f"event order: {problem}"), True
     if leaked:
         return CheckRow(name, "fail", f"tasks still registered after End: {sorted(leaked)}"), True

@@ -5,6 +5,7 @@ received)."""
 
 from ._faults import Fault as Fault
 from ._grammar import check_stream as check_stream
+from ._grammar import stream_problem as stream_problem
 from ._h2upstream import Gate as Gate
 from ._h2upstream import GoAway as GoAway
 from ._h2upstream import H2Upstream as H2Upstream
@@ -65,4 +66,5 @@ __all__ = [
     "responses_event",
     "split_words",
     "sse",
+    "stream_problem",
 ]

@@ -24,7 +24,7 @@ that stream's player at once: the upstream stops generating, as llama-server doe
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,18 +39,9 @@ import trio
 from hyperframe.frame import GoAwayFrame
 
 from ._responder import Plan
-from ._script import (
-    Gate,
-    GoAway,
-    Hang,
-    Reset,
-    ResetStream,
-    Send,
-    Sleep,
-    Step,
-    UpdateSettings,
-)
+from ._script import GoAway, UpdateSettings
 from ._upstream import MAX_BODY, FakeUpstream, abort, serving
+from ._wire import play
 
 __all__ = ["H2Upstream", "RecordedFrame", "open_h2_upstream"]
 
@@ -311,69 +302,62 @@ class H2Upstream(FakeUpstream):
                 conn.finish()  # every stream the GOAWAY covered is done: close
 
     async def _play_on_stream(self, conn: _Conn, sock: Any, sid: int, plan: Plan) -> None:
-        if not await self._play_steps(conn, sock, sid, plan.before, raw=True):
+        if not await play(plan.before, _H2Wire(conn, sid, sock, raw=True)):
             return
         headers = [(":status", str(plan.status)), *plan.headers]
         conn.h2.send_headers(
             sid, [(k.encode(), v.encode()) for k, v in headers], end_stream=not plan.steps
         )
         conn.wake()
-        if plan.steps and await self._play_steps(conn, sock, sid, plan.steps):
+        wire = _H2Wire(conn, sid, sock, raw=False)
+        if plan.steps and await play(plan.steps, wire) and not wire.ended:
             conn.h2.end_stream(sid)
             conn.wake()
 
-    async def _play_steps(
-        self, conn: _Conn, sock: Any, sid: int, steps: Sequence[Step], *, raw: bool = False
-    ) -> bool:
-        """Play `steps` on stream `sid` (`raw`: before its headers). False: the stream or the
-        connection is over (a reset, or a last `Send` that carried END_STREAM)."""
 
-        async def send(data: bytes, *, end_stream: bool = False) -> None:
-            if raw:
-                conn.raw.append(data)
-                conn.wake()
-            else:
-                await self._data(conn, sid, data, end_stream=end_stream)
+class _H2Wire:
+    """One response on an HTTP/2 stream (a `Wire`, see `_wire.py`); `raw`: before its
+    headers, where bytes go onto the connection as they are."""
 
-        for i, step in enumerate(steps):
-            if isinstance(step, Send):
-                last = not raw and i == len(steps) - 1
-                await send(step.data, end_stream=last)
-                if last:
-                    return False
-            elif isinstance(step, Sleep):
-                await trio.sleep(step.seconds)
-            elif isinstance(step, Gate):
-                await step.event.wait()
-            elif isinstance(step, Reset):
-                conn.finish(reset=sock)  # what was sent goes first, as over HTTP/1.1
-                return False
-            elif isinstance(step, ResetStream):
-                conn.h2.reset_stream(sid, step.error_code)
-                conn.wake()
-                return False
-            elif isinstance(step, Hang):
-                while step.drip:
-                    await trio.sleep(step.every)
-                    await send(step.drip)
-                await trio.sleep_forever()
-            elif isinstance(step, GoAway):
-                conn.go_away(step, sid)
-            elif isinstance(step, UpdateSettings):
-                conn.update_settings(step)
-            # Stream: expanded by the plan
-        return True
+    def __init__(self, conn: _Conn, sid: int, sock: Any, *, raw: bool) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.sock = sock
+        self.raw = raw
+        self.ended = False  # END_STREAM sent
 
-    async def _data(self, conn: _Conn, sid: int, data: bytes, *, end_stream: bool = False) -> None:
+    async def send(self, data: bytes, *, last: bool) -> None:
+        """DATA frames (as flow control allows); the last step's carries END_STREAM."""
+        conn = self.conn
+        if self.raw:
+            conn.raw.append(data)
+            conn.wake()
+            return
+        end_stream = self.ended = last
         while data:
-            window = min(conn.h2.local_flow_control_window(sid), conn.h2.max_outbound_frame_size)
+            window = min(
+                conn.h2.local_flow_control_window(self.sid), conn.h2.max_outbound_frame_size
+            )
             if window <= 0:
                 await conn.wait_window()
                 continue
             piece, data = data[:window], data[window:]
-            conn.h2.send_data(sid, piece, end_stream=end_stream and not data)
+            conn.h2.send_data(self.sid, piece, end_stream=end_stream and not data)
             conn.wake()
         await trio.lowlevel.checkpoint()
+
+    def reset_connection(self) -> None:
+        self.conn.finish(reset=self.sock)  # what was sent goes first, as over HTTP/1.1
+
+    def reset_stream(self, error_code: int) -> None:
+        self.conn.h2.reset_stream(self.sid, error_code)
+        self.conn.wake()
+
+    def go_away(self, step: GoAway) -> None:
+        self.conn.go_away(step, self.sid)
+
+    def update_settings(self, step: UpdateSettings) -> None:
+        self.conn.update_settings(step)
 
 
 def open_h2_upstream(**kwargs: Any) -> AbstractAsyncContextManager[H2Upstream]:

@@ -30,7 +30,8 @@ import h11
 import trio
 
 from ._responder import Plan, Responder
-from ._script import Gate, GoAway, Hang, Reset, ResetStream, Send, Sleep, Step
+from ._script import GoAway, Step, UpdateSettings
+from ._wire import play
 
 __all__ = ["MAX_BODY", "FakeUpstream", "abort", "open_upstream", "serving"]
 
@@ -192,11 +193,7 @@ class FakeUpstream(Responder):
         """Send the steps while watching for the client going away. True: keep the connection.
         `raw`: before the status line — bytes go out as they are and the response is not ended."""
         gone = False
-        keep = True
-
-        async def send(data: bytes) -> None:
-            await stream.send_all(data if raw else conn.send(h11.Data(data=data)) or b"")
-
+        wire = _H11Wire(conn, stream, sock, raw=raw)
         try:
             async with trio.open_nursery() as nursery:
 
@@ -217,24 +214,8 @@ class FakeUpstream(Responder):
 
                 nursery.start_soon(watch)
                 try:
-                    for step in steps:
-                        if isinstance(step, Send):
-                            await send(step.data)
-                        elif isinstance(step, Sleep):
-                            await trio.sleep(step.seconds)
-                        elif isinstance(step, Gate):
-                            await step.event.wait()
-                        elif isinstance(step, Reset | ResetStream):
-                            abort(sock)
-                            return False
-                        elif isinstance(step, Hang):
-                            while step.drip:
-                                await trio.sleep(step.every)
-                                await send(step.drip)
-                            await trio.sleep_forever()
-                        elif isinstance(step, GoAway):
-                            keep = False
-                        # UpdateSettings: no meaning on HTTP/1.1; Stream: expanded by the plan
+                    if not await play(steps, wire):
+                        return False
                     if not raw:
                         await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -243,7 +224,36 @@ class FakeUpstream(Responder):
         finally:
             if gone:
                 self._client_gone()
-        return keep and not gone
+        return wire.keep and not gone
+
+
+class _H11Wire:
+    """One response on an HTTP/1.1 connection (a `Wire`, see `_wire.py`)."""
+
+    def __init__(
+        self, conn: h11.Connection, stream: trio.abc.Stream, sock: Any, *, raw: bool
+    ) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.sock = sock
+        self.raw = raw
+        self.keep = True  # the connection may serve the next request
+
+    async def send(self, data: bytes, *, last: bool) -> None:
+        """One write: a chunk of the chunked body, or raw bytes before the status line."""
+        await self.stream.send_all(data if self.raw else self.conn.send(h11.Data(data=data)) or b"")
+
+    def reset_connection(self) -> None:
+        abort(self.sock)
+
+    def reset_stream(self, error_code: int) -> None:
+        abort(self.sock)  # HTTP/1.1 cannot reset one response: the connection goes
+
+    def go_away(self, step: GoAway) -> None:
+        self.keep = False  # close once this response is done
+
+    def update_settings(self, step: UpdateSettings) -> None:
+        """HTTP/1.1 has no settings."""
 
 
 def abort(sock: Any) -> None:

@@ -282,9 +282,7 @@ async def test_every_fault_means_the_same_over_http11_and_http2(
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "HTTP/2"])
-async def test_a_hang_drips_its_bytes_on_both_wires(
-    http2: bool, loopback_clock: MockClock
-) -> None:
+async def test_a_hang_drips_its_bytes_on_both_wires(http2: bool, loopback_clock: MockClock) -> None:
     # each drip is a token here, so the consumer sees that the drip was played
     tick = sse(chat_chunk("tick"))
     reply = Reply(steps=[Stream(0), Hang(drip=tick, every=1.0)])

@@ -168,7 +168,10 @@ class Connection:
             initial_values={
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                # streams the server may open to us: none in practice (push is off); 100 is
+                # the floor RFC 9113 §6.5.2 recommends advertising
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+                # a response head: 4x h11's 16 KiB default cap on an HTTP/1.1 head
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
             },
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 
+import msgspec
 import pytest
 import trio
 
@@ -96,7 +97,7 @@ BAD: list[tuple[list[Event], str]] = [
     ([S, tok(0, task_id="u"), metrics(1), end(1)], "events of several tasks: ['t', 'u']"),
     ([End(task_id="t", reason="error", tokens_out=0)], "End.error is set iff the reason is error"),
     ([S, tok(0, ""), metrics(1), end(1)], "an empty Token at index 0"),
-    ([S.__replace__(attempt=0), metrics(0), end(0)], "Started.attempt is 0"),
+    ([msgspec.structs.replace(S, attempt=0), metrics(0), end(0)], "Started.attempt is 0"),
 ]
 
 

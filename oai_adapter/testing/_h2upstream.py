@@ -75,7 +75,7 @@ def _ending(nursery: trio.Nursery) -> Iterator[None]:
 
 
 class _Conn:
-    """One server connection: h2 state, one writer, one responder task per stream."""
+    """One server connection: h2 state, one writer, one player task per stream."""
 
     def __init__(self, number: int, stream: trio.abc.Stream, max_streams: int) -> None:
         self.number = number

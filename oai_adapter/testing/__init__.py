@@ -36,6 +36,7 @@ from ._script import split_words as split_words
 from ._script import sse as sse
 from ._upstream import FakeUpstream as FakeUpstream
 from ._upstream import open_upstream as open_upstream
+from ._upstream import serving as serving
 
 __all__ = [
     "DEFAULT_TEXT",
@@ -68,6 +69,7 @@ __all__ = [
     "render_responses_stream",
     "render_stream",
     "responses_event",
+    "serving",
     "split_words",
     "sse",
     "stream_problem",

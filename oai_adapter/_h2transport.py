@@ -56,7 +56,10 @@ from ._h2connection import (
     Stream,
 )
 
-__all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Statistics", "H2Transport"]
+__all__ = ["ALPN", "CONNECTION_WINDOW", "STREAM_WINDOW", "H2Statistics", "H2Transport"]
+
+#: What a TLS origin is offered: HTTP/2 first, HTTP/1.1 for a server that does not speak it.
+ALPN: Final = ("h2", "http/1.1")
 
 #: Headers that belong to one HTTP/1.1 hop and are forbidden in HTTP/2 (RFC 9113 §8.2.2).
 _HOP_BY_HOP: Final = frozenset(
@@ -91,7 +94,7 @@ class H2Transport(httpx2.AsyncBaseTransport):
         http1: httpx2.AsyncBaseTransport | None = None,
         connection_window: int = CONNECTION_WINDOW,
     ) -> None:
-        ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+        ssl_context.set_alpn_protocols(list(ALPN))
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._write_timeout = write_timeout

@@ -23,7 +23,16 @@ import trio
 from .._adapter import OpenAIAdapter
 from .._config import AdapterConfig, Api, TaskRequest, Timeouts
 from .._errors import ErrorInfo, ErrorKind
-from .._events import End, Event, Metrics, Started, Token, WorkerProps
+from .._events import (
+    End,
+    Event,
+    Metrics,
+    ReasoningDelta,
+    Started,
+    Token,
+    ToolCallDelta,
+    WorkerProps,
+)
 from .._grammar import stream_problem
 from .._redact import redact
 from ._stats import PERCENTILES, RequestSample, summarize
@@ -391,8 +400,10 @@ async def _check_stream(
         return CheckRow(name, "fail", f"event order: {problem}"), True
     if leaked:
         return CheckRow(name, "fail", f"tasks still registered after End: {sorted(leaked)}"), True
-    if not result.tokens:
-        return CheckRow(name, "fail", f"no Token (end: {end.reason})"), True
+    calls = sum(isinstance(ev, ToolCallDelta) for ev in result.events)
+    thoughts = sum(isinstance(ev, ReasoningDelta) for ev in result.events)
+    if not (result.tokens or calls or thoughts):
+        return CheckRow(name, "fail", f"no output (end: {end.reason})"), True
     m = result.metrics
     usage = (
         f"usage {m.prompt_tokens}/{m.completion_tokens}"
@@ -405,7 +416,12 @@ async def _check_stream(
         CheckRow(
             name,
             "pass",
-            f"{plural(len(result.tokens), 'token')}, finish {end.reason}, {usage}, {http}",
+            ", ".join(
+                [plural(len(result.tokens), "token")]
+                + ([plural(calls, "tool-call delta")] if calls else [])
+                + ([plural(thoughts, "reasoning delta")] if thoughts else [])
+                + [f"finish {end.reason}", usage, http]
+            ),
         ),
         True,
     )

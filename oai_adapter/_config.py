@@ -23,7 +23,7 @@ from typing import Any, Final, Literal
 import httpx2
 
 from ._redact import Secret, is_credential_name, redact
-from ._tls import build_ssl_context
+from ._tls import shared_ssl_context
 
 __all__ = ["AdapterConfig", "RetryPolicy", "TaskRequest", "Timeouts", "dropped_credential"]
 
@@ -164,7 +164,7 @@ class AdapterConfig:
             if not isinstance(self.ca_bundle, str) or not os.path.isfile(self.ca_bundle):
                 raise ValueError(f"AdapterConfig.ca_bundle: no such file {self.ca_bundle!r}")
             try:
-                build_ssl_context(self.ca_bundle)
+                shared_ssl_context(self.ca_bundle)  # validates, and warms the cache
             except (ssl.SSLError, OSError) as exc:
                 raise ValueError(
                     f"AdapterConfig.ca_bundle: not a PEM file of CA certificates ({exc})"

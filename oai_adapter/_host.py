@@ -18,6 +18,7 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Final
@@ -446,11 +447,12 @@ class AdapterHost:
         return f"<AdapterHost pools={sorted(self._pools)}>"
 
 
-def _sum(values: object) -> int | None:
-    known = [v for v in values if v is not None]  # type: ignore[attr-defined]
+def _sum(values: Iterable[int | None]) -> int | None:
+    """The sum of the known values; None when none is known."""
+    known = [v for v in values if v is not None]
     return sum(known) if known else None
 
 
-def _min(values: object) -> int | None:
-    known = [v for v in values if v is not None]  # type: ignore[attr-defined]
+def _min(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
     return min(known) if known else None

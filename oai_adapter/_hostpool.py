@@ -40,6 +40,7 @@ from ._routing import Load, choose
 __all__ = [
     "BLAMES_REPLICA",
     "BREAKER_FAILURES",
+    "Outcome",
     "Placement",
     "Pool",
     "PoolBudget",
@@ -287,7 +288,7 @@ class Pool:
         return not_closed <= self.policy.max_ejected * len(bound)
 
     def record(
-        self, rep: Replica, outcome: Outcome, trial: bool, now: float, cause: str = ""
+        self, rep: Replica, outcome: Outcome, trial: int, now: float, cause: str = ""
     ) -> None:
         """A task's try on `rep` ended: move its breaker, narrate any transition."""
         breaker = rep.breaker

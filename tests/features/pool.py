@@ -105,12 +105,13 @@ class World:
         assert self._host is not None, "the scenario has not started"
         return self._host
 
-    def run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one action in the scenario's program, starting it on first use."""
+    def run(self, fn: Callable[[], Awaitable[T]], *, sleeps: float = 0.0) -> T:
+        """Run one action in the scenario's program, starting it on first use. `sleeps`: the
+        seconds it means to let pass (added to its deadline)."""
         if self._stepper is None:
             self._stepper = Stepper()
             self._stepper.start(self._main)
-        return self._stepper.step(fn)
+        return self._stepper.step(fn, sleeps=sleeps)
 
     def close(self) -> None:
         if self._stepper is not None:

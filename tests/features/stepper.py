@@ -33,7 +33,7 @@ T = TypeVar("T")
 #: Real seconds one step may take before the scenario fails (a loaded 2-core machine included).
 REAL_DEADLINE = 60.0
 
-Job = tuple[Callable[[], Awaitable[Any]], list[outcome.Outcome[Any]]]
+Job = tuple[Callable[[], Awaitable[Any]], float, list[outcome.Outcome[Any]]]
 
 
 class Stepper:
@@ -73,17 +73,18 @@ class Stepper:
             self.nursery = nursery
             self._jobs = send
             async with receive:
-                async for fn, box in receive:
-                    with trio.fail_after(IO_DEADLINE):
+                async for fn, deadline, box in receive:
+                    with trio.fail_after(deadline):
                         box.append(await outcome.acapture(fn))
             nursery.cancel_scope.cancel()
 
-    def step(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `await fn()` in the program (under `IO_DEADLINE`) and return what it returns."""
+    def step(self, fn: Callable[[], Awaitable[T]], *, sleeps: float = 0.0) -> T:
+        """Run `await fn()` in the program and return what it returns. Its deadline is
+        `IO_DEADLINE` plus `sleeps`, the seconds the step means to let pass."""
         assert self._token is not None and self._jobs is not None, "the program is not serving"
         box: list[outcome.Outcome[Any]] = []
         jobs = self._jobs
-        self._token.run_sync_soon(jobs.send_nowait, (fn, box))
+        self._token.run_sync_soon(jobs.send_nowait, (fn, IO_DEADLINE + sleeps, box))
         self._pump(lambda: bool(box))
         result: T = box[0].unwrap()
         return result

@@ -121,7 +121,7 @@ def _all_slow(world: World) -> None:
 
 @given(parsers.parse('the server "{server}" streams its tokens slowly'))
 def _slow(world: World, server: str) -> None:
-    world.servers[server].pace = 0.5
+    world.servers[server].pace = 0.1  # 24 tokens: 2.4 s, within the drain timeout
 
 
 @given(parsers.parse("every server streams {n:d} tokens and then waits"))
@@ -237,7 +237,7 @@ def _rebind(world: World, replica: str, server: str) -> None:
 
 @when(parsers.parse("{seconds:g} seconds pass"))
 def _time_passes(world: World, seconds: float) -> None:
-    world.run(lambda: trio.sleep(seconds))
+    world.run(lambda: trio.sleep(seconds), sleeps=seconds)
 
 
 def _one_after_another(world: World, done: Callable[[], bool]) -> None:

@@ -130,7 +130,8 @@ class World:
             servers.cancel_scope.cancel()
 
     def _nursery(self) -> trio.Nursery:
-        assert self._stepper is not None and self._stepper.nursery is not None
+        assert self._stepper is not None
+        assert self._stepper.nursery is not None
         return self._stepper.nursery
 
     def new_task_id(self) -> str:

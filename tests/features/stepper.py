@@ -81,7 +81,8 @@ class Stepper:
     def step(self, fn: Callable[[], Awaitable[T]], *, sleeps: float = 0.0) -> T:
         """Run `await fn()` in the program and return what it returns. Its deadline is
         `IO_DEADLINE` plus `sleeps`, the seconds the step means to let pass."""
-        assert self._token is not None and self._jobs is not None, "the program is not serving"
+        assert self._token is not None, "the program is not serving"
+        assert self._jobs is not None, "the program is not serving"
         box: list[outcome.Outcome[Any]] = []
         jobs = self._jobs
         self._token.run_sync_soon(jobs.send_nowait, (fn, IO_DEADLINE + sleeps, box))

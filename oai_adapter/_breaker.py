@@ -30,6 +30,7 @@ class Breaker:
 
     __slots__ = (
         "_next_period",
+        "_trial",
         "_trial_out",
         "consecutive_failures",
         "failures",
@@ -48,6 +49,7 @@ class Breaker:
         self.open_until: float | None = None
         self._next_period = open_s
         self._trial_out = False
+        self._trial = 0  # the permit's number: a stale trial (of an earlier half-open) is not it
 
     def poll(self, now: float) -> BreakerState | None:
         """Move an open breaker whose period has passed to half-open."""
@@ -65,48 +67,53 @@ class Breaker:
     def trial_out(self) -> bool:
         return self._trial_out
 
-    def take(self) -> bool:
-        """A task is placed here; True if it is the half-open trial (hand it back to `end`)."""
+    def take(self) -> int:
+        """A task is placed here: the trial permit's number if it is the half-open trial,
+        else 0. Hand it back to `succeeded`, `failed` or `neither` when the task ends."""
         if self.state == "half_open":
             if self._trial_out:
                 raise RuntimeError("the half-open trial permit is already out")
             self._trial_out = True
+            self._trial += 1
+            return self._trial
+        return 0
+
+    def _is_trial(self, trial: int) -> bool:
+        """Give the permit back if `trial` holds the current one."""
+        if trial and trial == self._trial and self._trial_out:
+            self._trial_out = False
             return True
         return False
 
-    def succeeded(self, trial: bool) -> BreakerState | None:
+    def succeeded(self, trial: int) -> BreakerState | None:
         """A task placed here ended with a finish reason."""
-        if trial:
-            self._trial_out = False
+        self._is_trial(trial)
         self.consecutive_failures = 0
         self._next_period = self.open_s
         if self.state == "closed":
             return None
         self.state = "closed"
         self.open_until = None
-        self._trial_out = False
         return "closed"
 
-    def failed(self, now: float, trial: bool, *, may_open: bool) -> BreakerState | None:
+    def failed(self, now: float, trial: int, *, may_open: bool) -> BreakerState | None:
         """A task placed here ended in a kind that blames the replica."""
         self.consecutive_failures += 1
-        if trial:
-            self._trial_out = False
+        trial_ended = self._is_trial(trial)
         if self.state == "closed":
             if self.consecutive_failures >= self.failures and may_open:
                 return self._open(now)
             return None
-        if self.state == "half_open" and trial:
+        if self.state == "half_open" and trial_ended:
             if may_open:
                 return self._open(now)
             self.state = "closed"
             return "closed"
         return None  # already open, or a non-trial task while half-open
 
-    def neither(self, trial: bool) -> None:
+    def neither(self, trial: int) -> None:
         """A task placed here ended as neither success nor failure (cancel, 429, …)."""
-        if trial:
-            self._trial_out = False
+        self._is_trial(trial)
 
     def _open(self, now: float) -> BreakerState:
         period = self._next_period

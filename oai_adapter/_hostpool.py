@@ -186,8 +186,9 @@ class Replica:
         slots = self.props.slots_total if self.props is not None else None
         return slots if slots is not None and slots > 0 else self.config.max_connections
 
-    def enter(self, task: TaskState) -> bool:
-        """`task` is placed here (taken before the driver's `try`). True: the breaker's trial."""
+    def enter(self, task: TaskState) -> int:
+        """`task` is placed here (taken before the driver's `try`): the breaker's trial permit
+        number (0: not the trial), to hand back to `Pool.record` in the driver's `finally`."""
         trial = self.breaker.take()
         self.running += 1
         self.tasks.add(task)

@@ -369,6 +369,9 @@ class AdapterHost:
                     running=rep.running,
                     draining=rep.draining is not None,
                     open_until=rep.breaker.open_until,
+                    capacity=rep.capacity,
+                    slots_total=rep.props.slots_total if rep.props is not None else None,
+                    engine=rep.engine,
                 )
             )
         detail = f"{ready} of {len(pool.replicas)} replica(s) take tasks"

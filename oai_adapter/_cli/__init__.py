@@ -1,4 +1,4 @@
-"""The `oai-adapter` command: `demo`, `stream`, `check` and `bench`.
+"""The `oai-adapter` command: `demo`, `stream`, `check`, `bench` and `pool` (`_pool`).
 
 argparse and plain ANSI only — a library's users should not inherit a CLI toolkit's
 dependencies. Results go to stdout (tokens, tables, `--json`), everything else to stderr, so a
@@ -33,6 +33,8 @@ from ._commands import (
     run_demo,
     run_stream,
 )
+from ._hosttarget import SeveralBaseUrls
+from ._pool import add_pool_command
 from ._term import Term
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -64,11 +66,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _endpoint_options(p: argparse.ArgumentParser, *, api: bool = True) -> None:
+def _endpoint_options(
+    p: argparse.ArgumentParser, *, api: bool = True, several: bool = False
+) -> None:
     p.add_argument(
         "--base-url",
         default=os.environ.get("OPENAI_BASE_URL"),
-        help="the endpoint, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL)",
+        action=SeveralBaseUrls if several else "store",
+        help="the endpoint, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL)"
+        + ("; repeat it to bench a pool of replicas through an AdapterHost" if several else ""),
     )
     p.add_argument("--model", required=True, help="the model name to send")
     if api:
@@ -156,13 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens/s, measured on the client as the serving benchmarks define them.",
         epilog=_EPILOG,
     )
-    _endpoint_options(bench)
+    _endpoint_options(bench, several=True)
     bench.add_argument("--concurrency", type=_positive_int, default=8)
     bench.add_argument("--requests", type=_positive_int, default=64)
     bench.add_argument("--max-tokens", type=_positive_int, default=128)
     bench.add_argument("--prompt", default="Write a short story about a lighthouse keeper.")
     bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
     bench.set_defaults(run=run_bench)
+    add_pool_command(sub, _EPILOG)
     return parser
 
 
@@ -193,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     term = Term(sys.stdout, sys.stderr)
     if getattr(args, "prompt", None) == "-":
         args.prompt = sys.stdin.read()
-    if args.command != "demo":
+    if args.command not in ("demo", "pool"):
         try:  # a bad configuration is a usage error, found before anything is sent
             make_config(args, getattr(args, "api", "chat"))
         except ValueError as exc:

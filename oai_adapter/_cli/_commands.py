@@ -24,6 +24,7 @@ from .._config import AdapterConfig, Api, TaskRequest, Timeouts
 from .._errors import ErrorInfo, ErrorKind
 from .._events import End, Event, Metrics, Started, Token, WorkerProps
 from .._redact import redact
+from ._hosttarget import TaskTarget, open_task_target
 from ._stats import PERCENTILES, RequestSample, summarize
 from ._term import Term, render_table
 
@@ -105,7 +106,7 @@ class StreamResult:
 
 
 async def consume(
-    adapter: OpenAIAdapter,
+    adapter: TaskTarget,
     req: TaskRequest,
     *,
     on_token: Callable[[Token], None] | None = None,
@@ -467,7 +468,7 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
     next_index = 0
     stopping = False
 
-    async with OpenAIAdapter(config) as adapter:
+    async with open_task_target(config, getattr(args, "base_urls", None)) as adapter:
 
         async def one(i: int) -> None:
             req = TaskRequest(task_id=f"bench-{i}", prompt=args.prompt, max_tokens=args.max_tokens)

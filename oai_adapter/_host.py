@@ -30,7 +30,6 @@ from ._events import EngineVersion, HealthStatus, WorkerProps
 from ._hostlog import narrate
 from ._hostpolicy import HostPolicy
 from ._hostpool import Pool, Replica
-from ._hosttelemetry import HostTelemetry
 from ._hoststats import (
     HostStatistics,
     PoolCapabilities,
@@ -40,6 +39,7 @@ from ._hoststats import (
     ReplicaStatus,
 )
 from ._hosttask import HostSubmission
+from ._hosttelemetry import HostTelemetry
 
 __all__ = ["EXIT_GRACE", "AdapterHost"]
 

@@ -112,7 +112,7 @@ def test_a_bad_pools_file_is_a_usage_error_naming_the_key(
     tmp_path: Path, text: str, says: str
 ) -> None:
     path = _pools_file(tmp_path, text)
-    with pytest.raises(ValueError, match="pools.toml") as info:
+    with pytest.raises(ValueError, match=r"pools\.toml") as info:
         load_pools(path, {})
     assert says in str(info.value)
     assert "sk-x" not in str(info.value)

@@ -40,6 +40,7 @@ from ._hoststats import (
     ReplicaStatus,
 )
 from ._hosttask import HostSubmission
+from ._hosttelemetry import HostTelemetry
 
 __all__ = ["EXIT_GRACE", "AdapterHost"]
 
@@ -60,6 +61,7 @@ class AdapterHost:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._token: trio.lowlevel.TrioToken | None = None
+        self._telemetry: HostTelemetry | None = None
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -107,6 +109,17 @@ class AdapterHost:
         except KeyError:
             raise KeyError(f"no pool {pool_id!r} is bound") from None
 
+    def attach_telemetry(self, telemetry: HostTelemetry | None) -> None:
+        """Report failovers, budget refusals and breaker transitions of every pool to
+        `telemetry`, and every adapter of the host, open now or opened later (`None`
+        detaches). See `oai_adapter.otel.instrument_host`."""
+        self._telemetry = telemetry
+        for pool in self._pools.values():
+            pool.telemetry = telemetry
+            for rep in [*pool.replicas.values(), *pool.draining]:
+                if telemetry is not None and rep.adapter is not None:
+                    telemetry.adapter_opened(rep.adapter)
+
     # --- registry ------------------------------------------------------------------------
 
     async def bind(self, pool_id: str, replica_id: str, config: AdapterConfig) -> None:
@@ -132,6 +145,7 @@ class AdapterHost:
         created = pool is None
         if pool is None:
             pool = self._pools[pool_id] = Pool(pool_id, self.policy, config.model)
+            pool.telemetry = self._telemetry
         rep = Replica(pool, replica_id, config)
         try:
             await nursery.start(self._serve, rep)
@@ -189,6 +203,8 @@ class AdapterHost:
         try:
             async with OpenAIAdapter(rep.config, retry_budget=pool.budget) as adapter:
                 rep.adapter = adapter
+                if pool.telemetry is not None:
+                    pool.telemetry.adapter_opened(adapter)
                 try:
                     await self._probe(rep, first=True)
                     task_status.started()
@@ -355,6 +371,9 @@ class AdapterHost:
                     running=rep.running,
                     draining=rep.draining is not None,
                     open_until=rep.breaker.open_until,
+                    capacity=rep.capacity,
+                    slots_total=rep.props.slots_total if rep.props is not None else None,
+                    engine=rep.engine,
                 )
             )
         detail = f"{ready} of {len(pool.replicas)} replica(s) take tasks"

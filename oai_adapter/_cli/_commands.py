@@ -35,6 +35,7 @@ from .._events import (
 )
 from .._grammar import stream_problem
 from .._redact import redact
+from ._hosttarget import TaskTarget, open_task_target
 from ._stats import PERCENTILES, RequestSample, summarize
 from ._term import Term, plural, render_table
 
@@ -110,7 +111,7 @@ def validate(args: argparse.Namespace) -> None:
             f"--host {args.host} is not a loopback address and the embedded upstream has no "
             "authentication: add --allow-remote to serve it there"
         )
-    if args.command in ("demo", "serve"):
+    if args.command in ("demo", "serve", "pool"):
         return
     make_config(args, getattr(args, "api", "chat"))
     if args.command == "stream":
@@ -146,7 +147,7 @@ class StreamResult:
 
 
 async def consume(
-    adapter: OpenAIAdapter,
+    adapter: TaskTarget,
     req: TaskRequest,
     *,
     on_token: Callable[[Token], None] | None = None,
@@ -555,7 +556,7 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
     next_index = 0
     stopping = False
 
-    async with OpenAIAdapter(config) as adapter:
+    async with open_task_target(config, getattr(args, "base_urls", None)) as adapter:
 
         async def one(i: int) -> None:
             req = TaskRequest(task_id=f"bench-{i}", prompt=args.prompt, max_tokens=args.max_tokens)

@@ -29,6 +29,7 @@ from ._events import ToolCallDelta as ToolCallDelta
 from ._events import WorkerProps as WorkerProps
 from ._redact import Secret as Secret
 from ._stream import EventStream as EventStream
+from ._stream import EventStreamStatistics as EventStreamStatistics
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "ErrorKind",
     "Event",
     "EventStream",
+    "EventStreamStatistics",
     "HealthStatus",
     "Metrics",
     "OpenAIAdapter",

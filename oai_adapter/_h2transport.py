@@ -69,6 +69,8 @@ import httpx2
 import trio
 from hyperframe.frame import Frame, GoAwayFrame
 
+from ._transport import CLOSE_GRACE  # the one grace of shielded cleanups (its precedent there)
+
 __all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Statistics", "H2Transport"]
 
 
@@ -88,8 +90,6 @@ _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"host", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 
-#: Seconds `aclose` waits for the GOAWAY to be flushed before dropping the sockets.
-_CLOSE_GRACE: Final = 0.5
 
 _Origin = tuple[str, str, int]
 
@@ -601,13 +601,13 @@ class H2Transport(httpx2.AsyncBaseTransport):
         conns = list(self._all)
         for conn in conns:
             conn.close_soon()
-        with trio.move_on_after(_CLOSE_GRACE, shield=True):
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
             for conn in conns:
                 await conn.finished.wait()
         for conn in conns:
             conn.scope.cancel()
         if self._http1 is not None:
-            with trio.move_on_after(_CLOSE_GRACE, shield=True):
+            with trio.move_on_after(CLOSE_GRACE, shield=True):
                 await self._http1.aclose()
 
     def statistics(self) -> H2Statistics:

@@ -36,7 +36,7 @@ import trio
 from hyperframe.frame import GoAwayFrame
 
 from ._script import Hang, RecordedRequest, Reply, Reset, Send, Sleep
-from ._upstream import _MAX_BODY, FakeUpstream, _abort, serving
+from ._upstream import MAX_BODY, FakeUpstream, abort, serving
 
 __all__ = [
     "Gate",
@@ -263,7 +263,7 @@ class H2Upstream(FakeUpstream):
             entry = conn.requests.get(event.stream_id)
             if entry is not None:
                 entry[1].extend(event.data)
-                if len(entry[1]) > _MAX_BODY:
+                if len(entry[1]) > MAX_BODY:
                     raise h2.exceptions.ProtocolError("request body too large")
             conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
@@ -380,7 +380,7 @@ class H2Upstream(FakeUpstream):
                 elif isinstance(step, Sleep):
                     await trio.sleep(step.seconds)
                 elif isinstance(step, Reset):
-                    _abort(sock)
+                    abort(sock)
                     conn.finish()
                     return
                 elif isinstance(step, Hang):

@@ -51,7 +51,7 @@ DEFAULT_TEXT = (
 )
 
 _json = msgspec.json.Encoder()
-_MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20
 
 Flavor = Literal["llama.cpp", "vllm", "openai", "litellm"]
 
@@ -201,7 +201,7 @@ class FakeUpstream:
                 head = event
             elif isinstance(event, h11.Data):
                 body += event.data
-                if len(body) > _MAX_BODY:
+                if len(body) > MAX_BODY:
                     raise h11.ProtocolError("request body too large")
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
@@ -434,7 +434,7 @@ class FakeUpstream:
                         elif isinstance(step, Sleep):
                             await trio.sleep(step.seconds)
                         elif isinstance(step, Reset):
-                            _abort(sock)
+                            abort(sock)
                             return False
                         elif isinstance(step, Hang):
                             while step.drip:
@@ -468,7 +468,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return count
 
 
-def _abort(sock: Any) -> None:
+def abort(sock: Any) -> None:
     """Close with RST: linger on, timeout 0."""
     if sock is not None:
         try:

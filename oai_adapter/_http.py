@@ -230,12 +230,14 @@ class Upstream:
 
     async def _drain(self, resp: UpstreamResponse) -> None:
         try:
-            await resp.drain()
+            with resp._drain_scope:
+                await resp.drain()
         except Exception as exc:  # a background job must not break the adapter's block
             log.opt(exception=exc).debug("a background drain failed; the connection is closed")
         finally:
             self._draining -= 1
             await resp.aclose()
+            resp._closed.set()
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -358,6 +360,8 @@ class UpstreamResponse:
 
     __slots__ = (
         "_chunks",
+        "_closed",
+        "_drain_scope",
         "_next",
         "_response",
         "_upstream",
@@ -369,6 +373,9 @@ class UpstreamResponse:
         "request_id",
         "status",
     )
+
+    _drain_scope: trio.CancelScope  # both set by `keep_connection()` before a background drain
+    _closed: trio.Event
 
     def __init__(self, response: httpx2.Response, upstream: Upstream) -> None:
         self._response = response
@@ -408,10 +415,23 @@ class UpstreamResponse:
         exit drains it, bounded by `DRAIN_GRACE`, if it is left without an exception."""
         if self.ended or self.released or self.keep:
             return
-        if in_background and self._upstream._release(self):
-            self.released = True
+        if in_background:
+            self._drain_scope = trio.CancelScope()
+            self._closed = trio.Event()
+            if self._upstream._release(self):
+                self.released = True
+                return
+        self.keep = True
+
+    async def aclose_now(self) -> None:
+        """Close the response now: a background drain of it is cancelled and waited for
+        (its close is bounded by `CLOSE_GRACE`). A cancel after the upstream finished uses it,
+        so the response is closed by the time the cancel's `End` is read."""
+        if self.released:
+            self._drain_scope.cancel()
+            await self._closed.wait()
         else:
-            self.keep = True
+            await self.aclose()
 
     async def read_body(self, limit: int = MAX_ERROR_BODY, *, errors: bool = True) -> bytes:
         """The rest of the body, at most `limit` bytes. With `errors` (the default) a transport

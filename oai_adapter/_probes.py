@@ -110,6 +110,13 @@ class _Answer:
     headers: httpx2.Headers
 
 
+def _decoded(decoder: msgspec.json.Decoder[_T], answer: _Answer | WorkerError) -> _T | None:
+    """A 200 answer's body decoded, else None."""
+    if isinstance(answer, _Answer) and answer.status == 200:
+        return _decode(decoder, answer.body)
+    return None
+
+
 async def _get(endpoint: Endpoint, url: str) -> _Answer:
     """GET with retries. Raises `WorkerError` when no answer came (or a retryable status
     persisted); returns any other answer, whatever its status."""
@@ -232,11 +239,7 @@ async def probe_props(endpoint: Endpoint) -> WorkerProps:
     slots_total = slots_free = context_length = None
     model: str | None = None
     answer = await _try_get(endpoint, up.root_url("/props"))
-    props = (
-        _decode(_PROPS, answer.body)
-        if isinstance(answer, _Answer) and answer.status == 200
-        else None
-    )
+    props = _decoded(_PROPS, answer)
     if props is not None:
         slots_total = props.total_slots
         settings = props.default_generation_settings
@@ -245,11 +248,7 @@ async def probe_props(endpoint: Endpoint) -> WorkerProps:
             model = settings.model
         model = model or props.model_alias
         slots = await _try_get(endpoint, up.root_url("/slots"))
-        raws = (
-            _decode(_SLOTS, slots.body)
-            if isinstance(slots, _Answer) and slots.status == 200
-            else None
-        )
+        raws = _decoded(_SLOTS, slots)
         if raws is not None:
             entries = _entries(_SLOT, raws)
             slots_free = sum(1 for e in entries if not e.is_processing)
@@ -268,9 +267,9 @@ async def probe_props(endpoint: Endpoint) -> WorkerProps:
                 )
     if model is None or context_length is None:
         models = await _try_get(endpoint, up.url("/models"))
-        if isinstance(models, _Answer) and models.status == 200:
-            listing = _decode(_MODEL_LIST, models.body)
-            for entry in _entries(_MODEL_ENTRY, listing.data if listing else None):
+        listing = _decoded(_MODEL_LIST, models)
+        if listing is not None:
+            for entry in _entries(_MODEL_ENTRY, listing.data):
                 if entry.id == endpoint.config.model:
                     model = model or entry.id
                     if context_length is None:

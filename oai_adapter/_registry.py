@@ -11,22 +11,32 @@ adapter checks it is called from its trio thread before it gets here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
-__all__ = ["RegistryStatistics", "TaskRegistry", "TaskState"]
+__all__ = ["Draining", "RegistryStatistics", "TaskRegistry", "TaskState"]
+
+
+class Draining(Protocol):
+    """A response whose tail a background drain reads (`_http.UpstreamResponse`)."""
+
+    async def aclose_now(self) -> None: ...
 
 
 class TaskState:
     """What `cancel()`, the consumer and the reader share about one task."""
 
-    __slots__ = ("cancel_requested", "done", "scope", "task_id")
+    __slots__ = ("cancel_requested", "done", "draining", "scope", "task_id")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.scope = trio.CancelScope()  # cancelled by cancel(task_id) and by leaving `submit`
         self.cancel_requested = False
         self.done = trio.Event()  # the reader has finished and closed (or handed off) its response
+        # The response the reader handed to a background drain after the upstream finished:
+        # a cancel that comes later closes it before `End(cancelled)` is returned.
+        self.draining: Draining | None = None
 
 
 @dataclass(frozen=True, slots=True)

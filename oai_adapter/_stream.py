@@ -198,7 +198,10 @@ class EventStream:
         self._delivered = self.tokens_delivered
         self._batch = []
         self._pos = 0
-        await self._state.done.wait()  # the reader has closed the upstream response
+        state = self._state
+        await state.done.wait()  # the reader has closed the upstream response, or handed it
+        if state.draining is not None:  # to a drain after the upstream finished: close it now
+            await state.draining.aclose_now()
         self._end()
         self._tlog.cancelled(self._delivered)
         return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)

@@ -243,6 +243,8 @@ class _Reader:
                         # (started first, to be done before the next request wants the
                         # connection), and `End` goes now, without waiting for it.
                         resp.keep_connection()
+                        if resp.released:
+                            self.task.state.draining = resp
                         await self._finish(error)
                         return True
             except WorkerError as exc:

@@ -106,3 +106,24 @@ async def test_leaving_the_adapter_ends_a_drain_still_running(
         assert adapter.statistics().draining == 0
         while trio.lowlevel.current_statistics().tasks_living != tasks_before:
             await trio.testing.wait_all_tasks_blocked()  # the upstream's handler ends too
+
+
+async def test_a_cancel_after_the_upstream_finished_closes_the_held_response_before_end(
+    upstream: FakeUpstream,
+) -> None:
+    # The reader sent its End and handed the held-open body to a drain; the consumer is behind
+    # and cancels: its End(cancelled) comes only once that response is closed (DESIGN.md).
+    upstream.script(held_open_after_done())
+    async with OpenAIAdapter(make_config(upstream)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            async with adapter.submit(TaskRequest(task_id="late", prompt="hi")) as events:
+                assert isinstance(await events.__anext__(), Started)
+                while not events.statistics().reader_done:
+                    await trio.testing.wait_all_tasks_blocked()
+                assert adapter.statistics().draining == 1
+                assert adapter.cancel("late") is True
+                end = await events.__anext__()
+                assert isinstance(end, End)
+                assert end.reason == "cancelled"
+                assert adapter.statistics().draining == 0
+                assert adapter.upstream.statistics().connections == 0

@@ -26,7 +26,8 @@ the caller's `End` never waits for it, and the connection still goes back to the
 drain starts before the caller sends its `End`, so on a server that ends the body with the end
 marker (all of FACTS.md's) it is usually done before the next request looks for a connection;
 that is likely, not certain (two tasks race), and costs a connect when lost. `aclose()` cancels
-every drain still running; each closes its response within `CLOSE_GRACE`.
+every drain still running; each closes its response within `CLOSE_GRACE`. `aclose_now()` ends
+one drain early (a cancel that comes after the upstream finished).
 
 Numbers: `CLOSE_GRACE` (1 s, from `_transport`, with its precedent) bounds every shielded close
 here. `DRAIN_GRACE` (50 ms) and

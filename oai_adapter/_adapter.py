@@ -30,7 +30,7 @@ from ._http import Upstream
 from ._observe import Telemetry
 from ._probes import probe_engine_version, probe_health, probe_props
 from ._registry import TaskRegistry
-from ._stream import Submission
+from ._stream import NOT_OPEN, Submission
 
 __all__ = ["AdapterStatistics", "OpenAIAdapter"]
 
@@ -106,7 +106,7 @@ class OpenAIAdapter:
     def endpoint(self) -> Endpoint:
         """What tasks and probes are given: config, client, URL, rng, budget, upstream info."""
         if self._endpoint is None:
-            raise RuntimeError("use the adapter inside `async with OpenAIAdapter(config)`")
+            raise RuntimeError(NOT_OPEN)
         return self._endpoint
 
     @property
@@ -152,7 +152,8 @@ class OpenAIAdapter:
         Entering raises `ValueError` when `req.task_id` is already running or `req` does not fit
         the configured api; every upstream failure arrives as `End(reason="error")`.
         """
-        return Submission(self.endpoint, self._registry, req, self._telemetry)
+        # The endpoint as it is now (None when the adapter is not open: entering says so).
+        return Submission(self._endpoint, self._registry, req, self._telemetry)
 
     def cancel(self, task_id: str) -> bool:
         """End a running task. True if it was running (its next event is `End(cancelled)`).

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHANNEL_BATCHES",
     "CHECKPOINT_EVERY",
+    "NOT_OPEN",
     "EventStream",
     "EventStreamStatistics",
     "Submission",
@@ -51,6 +52,8 @@ CHANNEL_BATCHES: Final = 16
 
 #: Events handed out between two checkpoints when the consumer never blocks.
 CHECKPOINT_EVERY: Final = 64
+
+NOT_OPEN: Final = "use the adapter inside `async with OpenAIAdapter(config)`"
 
 _LEFT: Final = (
     "this EventStream's `async with adapter.submit(...)` block was left: iterate the stream "
@@ -230,7 +233,7 @@ class Submission:
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        endpoint: Endpoint | None,
         registry: TaskRegistry,
         req: object,
         telemetry: Telemetry | None = None,
@@ -244,12 +247,14 @@ class Submission:
         self._receive: trio.MemoryReceiveChannel[list[Event]] | None = None
         self._stream: EventStream | None = None
 
-    def _task(self) -> Task:
+    def _task(self) -> tuple[Task, Endpoint]:
         """Validate, register and set up the task; its reader is started by `__aenter__`."""
         req = self._req
         if not isinstance(req, TaskRequest):
             raise TypeError("submit() takes a TaskRequest")
         endpoint = self._endpoint
+        if endpoint is None:
+            raise RuntimeError(NOT_OPEN)
         config = endpoint.config
         body = build_body(config.api, config.model, req, include_usage=config.include_usage)
         state = self._registry.add(req.task_id)  # ValueError when it is running
@@ -267,7 +272,7 @@ class Submission:
         )
         send, self._receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
         endpoint.retry_budget.record_submit()
-        return Task(
+        task = Task(
             state=state,
             req=req,
             body=body,
@@ -276,9 +281,10 @@ class Submission:
             tlog=tlog,
             started_at=started_at,
         )
+        return task, endpoint
 
     async def __aenter__(self) -> EventStream:
-        task = self._task()
+        task, endpoint = self._task()
         self._state = state = task.state
         # Entered by hand: the nursery spans this call and `__aexit__`, the user's block
         # between them (the reader runs in it while the user iterates).
@@ -290,7 +296,7 @@ class Submission:
             task.tlog.closed(0)
             raise
         self._nursery_cm = cm
-        nursery.start_soon(run_task, self._endpoint, task)
+        nursery.start_soon(run_task, endpoint, task)
         assert self._receive is not None
         self._stream = EventStream(state, self._receive, task.tlog, self._registry)
         return self._stream

@@ -3,13 +3,16 @@ and against a down one: best effort, never raising."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import trio
+from trio.testing import MockClock
 
 from oai_adapter import EngineVersion, HealthStatus, OpenAIAdapter, WorkerProps
 from oai_adapter.testing import FakeUpstream
 
 from .conftest import IO_DEADLINE, make_config
+from .hostile import HostileUpstream, json_response
 
 
 async def start(nursery: trio.Nursery, **kwargs: object) -> FakeUpstream:
@@ -212,3 +215,18 @@ async def test_a_probe_error_body_nested_too_deep_still_gives_the_status(
     assert health.live
     assert not health.ready
     assert health.detail.startswith("/models: HTTP 500")
+
+
+async def test_health_lists_each_model_id_once_in_order(
+    hostile: HostileUpstream, loopback_clock: MockClock
+) -> None:
+    """Regression (issue 14): `/models` listing an id twice was reported twice."""
+    listing = [{"id": "a"}, {"id": "b"}, {"id": "a"}, {"model": "b"}, {"id": ""}]
+    listing += [{"id": f"m{i}"} for i in range(10)]
+    body = msgspec.json.encode({"data": listing})
+    hostile.play(json_response(200, body))
+    async with OpenAIAdapter(make_config(hostile, model="absent")) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert not health.ready
+    assert "(listed: a, b, m0, m1, m2)" in health.detail

@@ -246,7 +246,14 @@ def test_otel_module_all_is_complete_and_sorted() -> None:
     import oai_adapter.otel as otel_module
 
     assert list(otel_module.__all__) == sorted(otel_module.__all__)
-    assert {"instrument", "uninstrument", "GenAITelemetry"} == set(otel_module.__all__)
+    assert {
+        "instrument",
+        "uninstrument",
+        "GenAITelemetry",
+        "HostCounters",
+        "instrument_host",
+        "uninstrument_host",
+    } == set(otel_module.__all__)
 
 
 class _BrokenTaskTelemetry:
@@ -267,7 +274,7 @@ async def test_a_failing_telemetry_does_not_break_the_task(upstream: FakeUpstrea
     sink = logger.add(lambda m: got.append(m.record), level="WARNING", filter="oai_adapter")
     try:
         async with OpenAIAdapter(make_config(upstream)) as adapter:
-            adapter._telemetry = _BrokenTelemetry()
+            adapter.attach_telemetry(_BrokenTelemetry())
             events = await run(adapter, TaskRequest(task_id="t", prompt="hi"))
     finally:
         logger.remove(sink)

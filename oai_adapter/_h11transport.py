@@ -36,8 +36,9 @@ Invariants:
   (TCP and the TLS handshake) is bounded by the connect timeout, each request write by the
   write timeout; reads have no timeout of their own unless httpx2 passes one (the adapter
   bounds them with its own deadlines).
-- TLS: the context given (`_tls.build_ssl_context`: verification always on), ALPN
-  `http/1.1`, SNI and hostname check on the URL's host.
+- TLS: the context given (`_tls.shared_ssl_context`: verification always on, ALPN
+  `http/1.1`; it is shared, so it is not changed here), SNI and the hostname check on the
+  URL's host.
 - Errors are httpx2's exception types, so `_errors.error_from_transport` maps them as it
   maps httpcore2's: `ConnectError` / `ConnectTimeout` (connect, TLS), `WriteError` /
   `WriteTimeout` (sending the request), `RemoteProtocolError` (closed or malformed before
@@ -213,7 +214,6 @@ class H11Transport(httpx2.AsyncBaseTransport):
         max_keepalive: int,
         keepalive_expiry: float = 30.0,
     ) -> None:
-        ssl_context.set_alpn_protocols(["http/1.1"])
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._write_timeout = write_timeout

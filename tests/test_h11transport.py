@@ -21,7 +21,7 @@ import trustme
 from oai_adapter import ErrorKind
 from oai_adapter._errors import error_from_transport
 from oai_adapter._h11transport import BODY_EXTENSION, H11Body, H11Transport
-from oai_adapter._tls import build_ssl_context
+from oai_adapter._tls import build_ssl_context, shared_ssl_context
 from oai_adapter.testing import FakeUpstream, Hang, Reply, Reset, Stream
 
 IO_DEADLINE = 20
@@ -30,7 +30,7 @@ CHAT = b'{"model": "test-model", "messages": [{"role": "user", "content": "hi"}]
 
 def make_transport(max_connections: int = 10, **kw: object) -> H11Transport:
     options: dict[str, object] = {
-        "ssl_context": build_ssl_context(),
+        "ssl_context": shared_ssl_context(),
         "connect_timeout": 5.0,
         "write_timeout": 5.0,
         "max_connections": max_connections,
@@ -236,6 +236,7 @@ async def test_connects_run_concurrently_over_tls_with_alpn_and_sni(
     listeners = await nursery.start(trio.serve_tcp, serve, 0)
     port = listeners[0].socket.getsockname()[1]
     client_ctx = build_ssl_context()
+    client_ctx.set_alpn_protocols(["http/1.1"])  # as `shared_ssl_context` does
     ca.configure_trust(client_ctx)
     transport = make_transport(max_connections=n, ssl_context=client_ctx)
     statuses: list[int] = []

@@ -352,29 +352,57 @@ class _Reader:
         await trio.lowlevel.checkpoint()
 
     async def _stream(self, resp: UpstreamResponse) -> None:
-        """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`."""
+        """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`.
+
+        The hot loop: one network read (`resp.receive()`, the transport's own read over
+        HTTP/1.1), straight into the SSE decoder and the mapper, one batch to the channel. One
+        cancel scope for the whole stream carries the read deadline (first token or idle),
+        moved before each read; it is lifted while a full channel blocks the send, since a
+        slow consumer is backpressure, not upstream silence."""
         idle = self.config.timeouts.idle
         mapper = self.mapper
-        last_event = trio.current_time()
-        while not mapper.done:
-            deadline = last_event + idle
-            first_token = not self.output_seen and self._first_deadline <= deadline
-            chunk = await self._next_chunk(
-                resp, self._first_deadline if first_token else deadline, first_token
-            )
-            out: list[Event] = []
-            if chunk is None:
-                self._feed_eof(out)
+        receive = resp.receive
+        feed = self.decoder.feed
+        send = self.send
+        first_deadline = self._first_deadline
+        first_token = False
+        with trio.CancelScope() as deadline_scope:
+            last_event = trio.current_time()
+            while not mapper.done:
+                deadline = last_event + idle
+                first_token = not self.output_seen and first_deadline <= deadline
+                deadline_scope.deadline = first_deadline if first_token else deadline
+                try:
+                    chunk = await receive()
+                except (httpx2.HTTPError, OSError) as exc:
+                    raise _Failed(error_from_transport(exc, after_headers=True)) from exc
+                out: list[Event] = []
+                if not chunk:
+                    deadline_scope.deadline = math.inf
+                    self._feed_eof(out)
+                    if out:
+                        await self._emit(out)
+                    if mapper.error is None and (err := mapper.eof_error()) is not None:
+                        raise _Failed(err)
+                    break
+                try:
+                    events = feed(chunk)
+                except SSEError as exc:
+                    raise _Failed(
+                        make_error(ErrorKind.PROTOCOL, f"malformed event stream: {exc}")
+                    ) from exc
+                if not events:
+                    continue  # comments, keep-alive bytes, a partial event: no idle reset
+                self._map(events, out)
                 if out:
-                    await self._emit(out)
-                if mapper.error is None and (err := mapper.eof_error()) is not None:
-                    raise _Failed(err)
-                break
-            if self._feed(chunk, out):
+                    try:
+                        send.send_nowait(out)
+                    except trio.WouldBlock:
+                        deadline_scope.deadline = math.inf
+                        await send.send(out)
                 last_event = trio.current_time()
-            if out:
-                await self._emit(out)
-                last_event = trio.current_time()
+        if deadline_scope.cancelled_caught:
+            raise _Failed(self._read_timeout(first_token))
         if mapper.error is not None:
             raise _Failed(mapper.error)
 
@@ -391,6 +419,10 @@ class _Reader:
                 return await resp.next_chunk()
             except (httpx2.HTTPError, OSError) as exc:
                 raise _Failed(error_from_transport(exc, after_headers=True)) from exc
+        raise _Failed(self._read_timeout(first_token))
+
+    def _read_timeout(self, first_token: bool) -> WorkerError:
+        """The error of a read deadline that passed: first token's, or idle's."""
         timeouts = self.config.timeouts
         if first_token:
             message = (
@@ -398,15 +430,7 @@ class _Reader:
             )
         else:
             message = f"idle timeout: no event from the upstream for {timeouts.idle:g} s"
-        raise _Failed(make_error(ErrorKind.DECODE_TIMEOUT, message))
-
-    def _feed(self, chunk: bytes, out: list[Event]) -> bool:
-        """Parse a chunk into `out`. True when it held at least one event."""
-        events = self._decode(chunk)
-        if not events:
-            return False
-        self._map(events, out)
-        return True
+        return make_error(ErrorKind.DECODE_TIMEOUT, message)
 
     def _decode(self, chunk: bytes) -> list[SSEEvent]:
         try:

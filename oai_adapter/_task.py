@@ -111,6 +111,7 @@ async def run_task(endpoint: Endpoint, task: Task) -> None:
 class _Reader:
     __slots__ = (
         "_first_deadline",
+        "_first_token_read",
         "_pending",
         "config",
         "decoder",
@@ -143,6 +144,7 @@ class _Reader:
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
         self.last_token_at: float | None = None
         self._first_deadline = 0.0
+        self._first_token_read = False  # the read waiting now has the first-token deadline
         self.retry_cause: WorkerError | None = None  # set while waiting to retry
         self._pending: list[SSEEvent] = []  # read with the first event, mapped after Started
 
@@ -224,18 +226,19 @@ class _Reader:
         first_deadline = sent_at + timeouts.first_token
         self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
         error: WorkerError | None = None
-        # The first-token deadline bounds the send, the headers and the first event; it is
-        # lifted once the stream is accepted (the stream's reads carry their own deadlines).
-        with trio.CancelScope(deadline=first_deadline) as first_scope:
+        # The first-token deadline bounds the send, the headers and the first event; once the
+        # stream is accepted the same scope carries the stream's read deadlines (`_stream`):
+        # one scope per attempt, not one per read.
+        with trio.CancelScope(deadline=first_deadline) as deadline_scope:
             try:
                 async with endpoint.upstream.open_stream(
                     endpoint.url, json=self.task.body, headers=self.task.headers
                 ) as resp:
                     out = await self._accept(resp, first_deadline)
-                    first_scope.deadline = math.inf
+                    deadline_scope.deadline = math.inf
                     await self._start(resp, attempt, first_deadline, out)
                     try:
-                        await self._stream(resp)
+                        await self._stream(resp, deadline_scope)
                     except _Failed as failed:
                         error = failed.error
                     if self.mapper.done:
@@ -252,7 +255,9 @@ class _Reader:
             except (httpx2.HTTPError, OSError) as exc:
                 error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
                 raise _Failed(error) from exc
-        if first_scope.cancelled_caught:
+        if deadline_scope.cancelled_caught and self.started is not None:
+            raise _Failed(self._read_timeout(self._first_token_read))  # a read deadline
+        if deadline_scope.cancelled_caught:
             raise _Failed(
                 make_error(
                     ErrorKind.DECODE_TIMEOUT,
@@ -351,27 +356,31 @@ class _Reader:
         # read) now, before this task goes on to read, drain or finish: time to first token.
         await trio.lowlevel.checkpoint()
 
-    async def _stream(self, resp: UpstreamResponse) -> None:
+    async def _stream(self, resp: UpstreamResponse, deadline_scope: trio.CancelScope) -> None:
         """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`.
 
         The hot loop: one network read (`resp.receive()`, the transport's own read over
-        HTTP/1.1), straight into the SSE decoder and the mapper, one batch to the channel. One
-        cancel scope for the whole stream carries the read deadline (first token or idle),
-        moved before each read; it is lifted while a full channel blocks the send, since a
-        slow consumer is backpressure, not upstream silence."""
+        HTTP/1.1), straight into the SSE decoder and the mapper, one batch to the channel. The
+        attempt's `deadline_scope` carries the read deadline (first token or idle), moved
+        before each read; it is lifted while a full channel blocks the send, since a slow
+        consumer is backpressure, not upstream silence. When it fires, the attempt raises the
+        timeout (`_first_token_read` says which)."""
         idle = self.config.timeouts.idle
         mapper = self.mapper
         receive = resp.receive
         feed = self.decoder.feed
         send = self.send
         first_deadline = self._first_deadline
-        first_token = False
-        with trio.CancelScope() as deadline_scope:
+        try:
             last_event = trio.current_time()
             while not mapper.done:
                 deadline = last_event + idle
-                first_token = not self.output_seen and first_deadline <= deadline
-                deadline_scope.deadline = first_deadline if first_token else deadline
+                if not self.output_seen and first_deadline <= deadline:
+                    self._first_token_read = True
+                    deadline_scope.deadline = first_deadline
+                else:
+                    self._first_token_read = False
+                    deadline_scope.deadline = deadline
                 try:
                     chunk = await receive()
                 except (httpx2.HTTPError, OSError) as exc:
@@ -401,8 +410,8 @@ class _Reader:
                         deadline_scope.deadline = math.inf
                         await send.send(out)
                 last_event = trio.current_time()
-        if deadline_scope.cancelled_caught:
-            raise _Failed(self._read_timeout(first_token))
+        finally:
+            deadline_scope.deadline = math.inf  # `Metrics` and `End` are sent within it
         if mapper.error is not None:
             raise _Failed(mapper.error)
 

@@ -165,6 +165,7 @@ def child(kind: str, port: int, streams: int, step_ms: float, warm: float, windo
             async with client:
                 w = Window(streams, all_open.set)
                 w.watchdog(bound, step_ms)
+                w.t0 = time.monotonic()
                 _streams = [  # referenced: asyncio keeps only weak references to tasks
                     asyncio.create_task(
                         c.sdk_stream(
@@ -218,6 +219,7 @@ def child(kind: str, port: int, streams: int, step_ms: float, warm: float, windo
                 await stream_fn(port, PATH, body, w.probe())
 
         try:
+            w.t0 = time.monotonic()  # first-token times count from here, not from the imports
             async with trio.open_nursery() as nursery:
                 for i in range(streams):
                     nursery.start_soon(one, i)

@@ -30,6 +30,7 @@ PROGRAMS = (
     "bench_upstream",
     "bench_single",
     "bench_concurrency",
+    "bench_memory",
     "bench_cancel",
     "bench_ttft",
     "bench_import",
@@ -186,6 +187,20 @@ def main() -> None:
                 "",
             )
         )
+    if mem := results.get("bench_memory"):
+        if "adapter" in mem:
+            a = mem["adapter"]
+            kib = a["rss"] / 1024
+            rows.append(
+                (
+                    f"{mem['streams']:,} open: RSS/stream",
+                    f"{kib:.1f} KiB (pymalloc in use {a['pymalloc'].get('in_use', 0) / 1024:.1f})",
+                    f"design floor {mem.get('h11-task', {}).get('rss', float('nan')) / 1024:.1f} KiB,"
+                    f" raw {mem.get('raw', {}).get('rss', float('nan')) / 1024:.1f} KiB",
+                    f"httpx2 floor {mem.get('floor', {}).get('rss', float('nan')) / 1024:.1f} KiB",
+                    f"≤ 20 KiB {verdict(kib <= 20)}",
+                )
+            )
     if k := results.get("bench_cancel"):
         rows.append(
             (

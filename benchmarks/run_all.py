@@ -117,7 +117,7 @@ def main() -> None:
                 f"{a:,.0f}",
                 f"SDK {sdk:,.0f}",
                 f"{s['adapter_vs_sdk']:.1f}× SDK",
-                f"≥ 8× {verdict(s['adapter_vs_sdk'] >= 8)}",
+                f"≥ 35× {verdict(s['adapter_vs_sdk'] >= 35)}",
             )
         )
         rows.append(
@@ -146,7 +146,7 @@ def main() -> None:
                 f"{a:,.0f}",
                 f"SDK {sdk:,.0f}",
                 f"{c['adapter_vs_sdk']:.1f}× SDK",
-                f"≥ 4× {verdict(c['adapter_vs_sdk'] >= 4)}",
+                f"≥ 6× {verdict(c['adapter_vs_sdk'] >= 6)}",
             )
         )
         ad, sd = c["adapter"], c["sdk"]
@@ -208,7 +208,7 @@ def main() -> None:
                 f"{k['end_p99_ms']:.3f} ms",
                 "",
                 "",
-                f"≤ 1 ms {verdict(k['end_p99_ms'] <= 1)}",
+                f"≤ 0.5 ms {verdict(k['end_p99_ms'] <= 0.5)}",
             )
         )
         rows.append(
@@ -217,7 +217,7 @@ def main() -> None:
                 f"{k['closed_p99_ms']:.3f} ms",
                 "",
                 "",
-                f"≤ 5 ms {verdict(k['closed_p99_ms'] <= 5)}",
+                f"≤ 0.3 ms {verdict(k['closed_p99_ms'] <= 0.3)}",
             )
         )
     if t := results.get("bench_ttft"):

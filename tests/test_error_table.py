@@ -20,22 +20,7 @@ from oai_adapter._errors import (
 )
 from oai_adapter._mappers import _ErrorBody
 
-
-def expected_kind(status: int) -> ErrorKind:
-    """DESIGN.md's table, written out as rules."""
-    if 300 <= status < 400:
-        return ErrorKind.POLICY
-    if status in (401, 403):
-        return ErrorKind.UPSTREAM_AUTH
-    if status == 404:
-        return ErrorKind.UPSTREAM_NOT_FOUND
-    if status == 429:
-        return ErrorKind.ADMISSION_REJECT
-    if status in (408, 502, 503, 504):
-        return ErrorKind.POOL_UNAVAILABLE
-    if 400 <= status < 500:
-        return ErrorKind.INVALID_PARAMS
-    return ErrorKind.UPSTREAM_ERROR
+from .expected_errors import RETRYABLE_KINDS, expected_kind
 
 
 def test_every_status_from_300_to_599_has_its_kind_and_retry_rule() -> None:
@@ -44,14 +29,14 @@ def test_every_status_from_300_to_599_has_its_kind_and_retry_rule() -> None:
         assert kind_for_status(status) is expected_kind(status), status
         assert error.kind is expected_kind(status), status
         assert error.status == status
-        assert error.retryable is (error.kind in RETRYABLE)
+        assert error.retryable is (error.kind in RETRYABLE_KINDS)
         assert error.retry_after_ms == 250
 
 
 def test_only_admission_reject_and_pool_unavailable_are_retryable() -> None:
-    assert {ErrorKind.ADMISSION_REJECT, ErrorKind.POOL_UNAVAILABLE} == RETRYABLE
+    assert RETRYABLE == RETRYABLE_KINDS
     for kind in ErrorKind:
-        assert WorkerError(kind, "m").retryable is (kind in RETRYABLE)
+        assert WorkerError(kind, "m").retryable is (kind in RETRYABLE_KINDS)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +125,7 @@ TRANSPORT_BEFORE = [
 def test_transport_faults_before_the_headers(exc: Exception, kind: ErrorKind, says: str) -> None:
     error = error_from_transport(exc, after_headers=False, timeouts=Timeouts(connect=2.5))
     assert error.kind is kind
-    assert error.retryable is (kind in RETRYABLE)
+    assert error.retryable is (kind in RETRYABLE_KINDS)
     assert says in error.message
     assert error.status is None
 

@@ -37,6 +37,8 @@ from oai_adapter import (
 from oai_adapter._events import Event
 from oai_adapter.testing import FakeUpstream, Fault, Reply, check_stream
 
+from .expected_errors import NOT_RETRIED_STATUSES, RETRIED_STATUSES, expected_kind
+
 DEADLINE = 600  # trio seconds, free under loopback_clock
 POLICY = RetryPolicy(max_attempts=4, base=0.1, cap=0.3)
 
@@ -105,23 +107,14 @@ def end_error(events: list[Event]) -> tuple[End, Any]:
     return end, end.error
 
 
-RETRYABLE_STATUSES = [
-    (408, ErrorKind.POOL_UNAVAILABLE),
-    (429, ErrorKind.ADMISSION_REJECT),
-    (502, ErrorKind.POOL_UNAVAILABLE),
-    (503, ErrorKind.POOL_UNAVAILABLE),
-    (504, ErrorKind.POOL_UNAVAILABLE),
-]
-
-
-@pytest.mark.parametrize(("status", "kind"), RETRYABLE_STATUSES)
+@pytest.mark.parametrize("status", RETRIED_STATUSES)
 async def test_retryable_status_is_retried_with_capped_full_jitter(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     status: int,
-    kind: ErrorKind,
 ) -> None:
+    kind = expected_kind(status)
     upstream.script(Fault.status(status), Fault.status(status), Fault.status(status))
     events, rng = await run_one(upstream)
     assert isinstance(rng, CeilingRng)
@@ -223,29 +216,14 @@ async def test_max_attempts_counts_every_attempt(
     assert len(warnings_logged) == max_attempts - 1
 
 
-NON_RETRYABLE_STATUSES = [
-    (400, ErrorKind.INVALID_PARAMS),
-    (401, ErrorKind.UPSTREAM_AUTH),
-    (403, ErrorKind.UPSTREAM_AUTH),
-    (404, ErrorKind.UPSTREAM_NOT_FOUND),
-    (409, ErrorKind.INVALID_PARAMS),
-    (413, ErrorKind.INVALID_PARAMS),
-    (422, ErrorKind.INVALID_PARAMS),
-    (500, ErrorKind.UPSTREAM_ERROR),
-    (501, ErrorKind.UPSTREAM_ERROR),
-    (505, ErrorKind.UPSTREAM_ERROR),
-    (302, ErrorKind.POLICY),
-]
-
-
-@pytest.mark.parametrize(("status", "kind"), NON_RETRYABLE_STATUSES)
+@pytest.mark.parametrize("status", NOT_RETRIED_STATUSES)
 async def test_non_retryable_status_is_not_retried(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     status: int,
-    kind: ErrorKind,
 ) -> None:
+    kind = expected_kind(status)
     # even when the upstream asks for a retry
     upstream.script(Fault.status(status, retry_after="1"), Fault.ok())
     events, _ = await run_one(upstream)

@@ -223,7 +223,8 @@ def _parse_error_body(body: bytes) -> tuple[str, _ErrorBody | None]:
         text = text.split(b"\n", 1)[0][5:].strip()
     try:
         envelope = _error_decoder.decode(text)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # RecursionError: msgspec's answer to JSON nested ~2,000 deep (FACTS.md)
         return body.decode("utf-8", "replace").strip(), None
     if isinstance(envelope.error, _ErrorBody):
         return envelope.error.message or envelope.error.type or "", envelope.error

@@ -14,6 +14,8 @@ from trio.testing import MockClock
 from oai_adapter import AdapterConfig, OpenAIAdapter, RetryPolicy
 from oai_adapter.testing import FakeUpstream
 
+from .hostile import hostile as hostile  # the raw-bytes upstream fixture, for every test
+
 #: Every I/O test runs under this deadline (seconds of trio time).
 IO_DEADLINE = 20
 

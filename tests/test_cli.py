@@ -20,11 +20,9 @@ import trio
 import trio.testing
 
 import oai_adapter
-from oai_adapter import End, Metrics, Started, Token
 from oai_adapter._cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
 from oai_adapter._cli._commands import (
     collect_checks,
-    grammar_problem,
     run_bench,
     run_check,
     run_demo,
@@ -344,20 +342,6 @@ async def test_check_against_a_closed_port_fails_health_and_exits_1(
     lines = out.getvalue().splitlines()
     assert len(lines) == 3  # header, rule, the health row: nothing else is tried
     assert lines[2].split()[:3] == ["health", "FAIL", "POOL_UNAVAILABLE:"]
-
-
-def test_grammar_problem_names_what_is_out_of_order() -> None:
-    started = Started(task_id="t", model="m", attempt=1, http_version="HTTP/1.1")
-    tok = Token(task_id="t", index=0, text="a")
-    metrics = Metrics(task_id="t", ttft_ms=1.0, decode_time_ms=0.0, duration_ms=2.0, tokens_out=1)
-    end = End(task_id="t", reason="stop", tokens_out=1)
-    assert grammar_problem([started, tok, metrics, end]) is None
-    assert grammar_problem([End(task_id="t", reason="error", tokens_out=0)]) is None
-    assert grammar_problem([tok, started, metrics, end]) == "the first event is Token, not Started"
-    assert grammar_problem([started, tok, end]) == "no Metrics before End"
-    assert grammar_problem([started, tok, metrics]) == "the stream did not end with End"
-    skipped = Token(task_id="t", index=1, text="b")
-    assert grammar_problem([started, skipped, metrics, end]) == "Token index 1 where 0 was due"
 
 
 # --- bench -----------------------------------------------------------------------------------

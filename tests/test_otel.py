@@ -246,7 +246,14 @@ def test_otel_module_all_is_complete_and_sorted() -> None:
     import oai_adapter.otel as otel_module
 
     assert list(otel_module.__all__) == sorted(otel_module.__all__)
-    assert {"instrument", "uninstrument", "GenAITelemetry"} == set(otel_module.__all__)
+    assert {
+        "instrument",
+        "uninstrument",
+        "GenAITelemetry",
+        "HostCounters",
+        "instrument_host",
+        "uninstrument_host",
+    } == set(otel_module.__all__)
 
 
 class _BrokenTaskTelemetry:

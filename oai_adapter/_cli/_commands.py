@@ -23,8 +23,19 @@ import trio
 from .._adapter import OpenAIAdapter
 from .._config import AdapterConfig, Api, TaskRequest, Timeouts
 from .._errors import ErrorInfo, ErrorKind
-from .._events import End, Event, Metrics, Started, Token, WorkerProps
+from .._events import (
+    End,
+    Event,
+    Metrics,
+    ReasoningDelta,
+    Started,
+    Token,
+    ToolCallDelta,
+    WorkerProps,
+)
+from .._grammar import stream_problem
 from .._redact import redact
+from ._hosttarget import TaskTarget, open_task_target
 from ._stats import PERCENTILES, RequestSample, summarize
 from ._term import Term, plural, render_table
 
@@ -100,7 +111,7 @@ def validate(args: argparse.Namespace) -> None:
             f"--host {args.host} is not a loopback address and the embedded upstream has no "
             "authentication: add --allow-remote to serve it there"
         )
-    if args.command in ("demo", "serve"):
+    if args.command in ("demo", "serve", "pool"):
         return
     make_config(args, getattr(args, "api", "chat"))
     if args.command == "stream":
@@ -136,7 +147,7 @@ class StreamResult:
 
 
 async def consume(
-    adapter: OpenAIAdapter,
+    adapter: TaskTarget,
     req: TaskRequest,
     *,
     on_token: Callable[[Token], None] | None = None,
@@ -280,12 +291,8 @@ async def run_serve(args: argparse.Namespace, term: Term, interrupted: trio.Even
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(upstream.serve)
-            # The test kit's HTTP/2 front-end has no Responses stream yet (it answers 404).
-            what = (
-                "HTTP/2 h2c with prior knowledge; chat and completions"
-                if args.http2
-                else "HTTP/1.1; chat, completions and responses"
-            )
+            wire = "HTTP/2 h2c with prior knowledge" if args.http2 else "HTTP/1.1"
+            what = f"{wire}; chat, completions and responses"
             term.write(f"{upstream.base_url}\n")
             term.note(
                 f"serving model {upstream.model!r} at {upstream.base_url} ({what}, and the "
@@ -354,33 +361,6 @@ class CheckRow:
     error: ErrorInfo | None = None  # what ended the row's stream, when it ended in an error
 
 
-def grammar_problem(events: list[Event]) -> str | None:
-    """Why `events` is not `Started Token* Metrics? End` (or `End` alone), else `None`."""
-    if not events or not isinstance(events[-1], End):
-        return "the stream did not end with End"
-    end = events[-1]
-    body = events[:-1]
-    if any(isinstance(e, End) for e in body):
-        return "more than one End"
-    if not body:
-        return None
-    if not isinstance(body[0], Started):
-        return f"the first event is {type(body[0]).__name__}, not Started"
-    rest = body[1:]
-    if rest and isinstance(rest[-1], Metrics):
-        rest = rest[:-1]
-    elif end.reason != "cancelled":
-        return "no Metrics before End"
-    for i, event in enumerate(rest):
-        if not isinstance(event, Token):
-            return f"a {type(event).__name__} among the Tokens"
-        if event.index != i:
-            return f"Token index {event.index} where {i} was due"
-    if end.tokens_out != len(rest):
-        return f"End.tokens_out is {end.tokens_out}, {len(rest)} Tokens were delivered"
-    return None
-
-
 def _describe_props(props: WorkerProps) -> str:
     parts = []
     if props.slots_total is not None:
@@ -417,12 +397,14 @@ async def _check_stream(
         if err.kind is ErrorKind.UPSTREAM_NOT_FOUND and err.status == 404:
             return CheckRow(name, "skip", f"not supported ({describe_error(err)})"), False
         return CheckRow(name, "fail", describe_error(err), err), False
-    if problem := grammar_problem(result.events):
+    if problem := stream_problem(result.events):
         return CheckRow(name, "fail", f"event order: {problem}"), True
     if leaked:
         return CheckRow(name, "fail", f"tasks still registered after End: {sorted(leaked)}"), True
-    if not result.tokens:
-        return CheckRow(name, "fail", f"no Token (end: {end.reason})"), True
+    calls = sum(isinstance(ev, ToolCallDelta) for ev in result.events)
+    thoughts = sum(isinstance(ev, ReasoningDelta) for ev in result.events)
+    if not (result.tokens or calls or thoughts):
+        return CheckRow(name, "fail", f"no output (end: {end.reason})"), True
     m = result.metrics
     usage = (
         f"usage {m.prompt_tokens}/{m.completion_tokens}"
@@ -435,7 +417,12 @@ async def _check_stream(
         CheckRow(
             name,
             "pass",
-            f"{plural(len(result.tokens), 'token')}, finish {end.reason}, {usage}, {http}",
+            ", ".join(
+                [plural(len(result.tokens), "token")]
+                + ([plural(calls, "tool-call delta")] if calls else [])
+                + ([plural(thoughts, "reasoning delta")] if thoughts else [])
+                + [f"finish {end.reason}", usage, http]
+            ),
         ),
         True,
     )
@@ -569,7 +556,7 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
     next_index = 0
     stopping = False
 
-    async with OpenAIAdapter(config) as adapter:
+    async with open_task_target(config, getattr(args, "base_urls", None)) as adapter:
 
         async def one(i: int) -> None:
             req = TaskRequest(task_id=f"bench-{i}", prompt=args.prompt, max_tokens=args.max_tokens)

@@ -92,6 +92,7 @@ async def test_content_encoding_identity_streams_as_usual(upstream: FakeUpstream
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_https_to_a_plain_http_port_is_one_policy_error_saying_it_is_not_tls(
     upstream: FakeUpstream, http2: bool
 ) -> None:
@@ -148,6 +149,7 @@ def _server_context(ca: trustme.CA, case: str, tmp_path: Path) -> ssl.SSLContext
     ],
 )
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_a_certificate_failure_says_which_check_failed(
     ca: trustme.CA,
     ca_file: str,

@@ -23,6 +23,7 @@ from oai_adapter._mappers import _ErrorBody
 from .expected_errors import RETRYABLE_KINDS, expected_kind
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_every_status_from_300_to_599_has_its_kind_and_retry_rule() -> None:
     for status in range(300, 600):
         error = error_from_status(status, b'{"error": {"message": "m"}}', retry_after_ms=250)
@@ -149,6 +150,7 @@ def test_connect_and_write_timeouts_name_their_value() -> None:
         OSError("reset"),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_transport_faults_after_the_headers_are_worker_reset(exc: Exception) -> None:
     error = error_from_transport(exc, after_headers=True)
     assert (error.kind, error.retryable) == (ErrorKind.WORKER_RESET, False)
@@ -164,6 +166,7 @@ def test_tls_verification_failure_is_policy_on_either_side(after_headers: bool) 
     assert "TLS" in error.message
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_messages_never_carry_the_api_key() -> None:
     key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
     body = f'{{"error": {{"message": "Incorrect API key provided: {key}"}}}}'.encode()

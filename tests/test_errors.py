@@ -91,6 +91,7 @@ def started(events: list[Event]) -> bool:
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("status", ERROR_STATUSES)
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_status_as_http_status(
     upstream: FakeUpstream, loopback_clock: MockClock, api: str, status: int
 ) -> None:
@@ -114,6 +115,7 @@ async def test_status_as_http_status(
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("status", ERROR_STATUSES)
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_status_as_first_event_of_a_200_stream(
     upstream: FakeUpstream, loopback_clock: MockClock, api: str, status: int
 ) -> None:
@@ -131,6 +133,7 @@ async def test_status_as_first_event_of_a_200_stream(
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("status", ERROR_STATUSES)
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_status_as_error_event_after_started(
     upstream: FakeUpstream, loopback_clock: MockClock, api: str, status: int
 ) -> None:
@@ -433,6 +436,7 @@ async def test_cancel_raises_cancelled_from_raise_for_error(
 # --- the docs list every kind ----------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_docs_list_every_error_kind_with_cause_and_retry_rule() -> None:
     text = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([A-Z_]+)` \|.*$", text, re.M)}

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx2
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -97,6 +98,7 @@ def outcome(events: Sequence[Event]) -> tuple[Any, ...]:
 
 @FUZZ
 @given(chunks=st.lists(st.binary(max_size=64), max_size=12))
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_arbitrary_bytes_end_the_stream_exactly_once(chunks: list[bytes]) -> None:
     events, _ = await stream_of(chunks)
     check_stream(events)
@@ -148,6 +150,7 @@ _FRAMES = st.one_of(
     cuts_b=st.lists(st.integers(min_value=0), max_size=10),
     api=st.sampled_from(["chat", "completions"]),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_outcome_does_not_depend_on_how_the_bytes_are_split(
     frames: list[bytes], cuts_a: list[int], cuts_b: list[int], api: str
 ) -> None:
@@ -162,6 +165,7 @@ async def test_outcome_does_not_depend_on_how_the_bytes_are_split(
 
 @FUZZ
 @given(frames=st.lists(_FRAMES, max_size=14), api=st.sampled_from(["chat", "completions"]))
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_a_stream_that_started_is_never_retried(frames: list[bytes], api: str) -> None:
     events, requests = await stream_of([b"".join(frames)], api)
     check_stream(events)

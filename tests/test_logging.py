@@ -116,6 +116,7 @@ def test_library_is_silent_until_the_application_enables_it() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_every_record_of_a_task_has_exactly_the_standard_fields(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
@@ -143,6 +144,7 @@ async def test_every_record_of_a_task_has_exactly_the_standard_fields(
     assert end["decode_time_ms"] is not None
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_a_task_is_narrated_once_per_step_never_per_token(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
@@ -160,6 +162,7 @@ async def test_a_task_is_narrated_once_per_step_never_per_token(
     assert "tokens_out 300" in records[-1]["message"]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_retries_are_narrated_once_each_at_warning_with_the_error_fields(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
@@ -195,6 +198,7 @@ async def test_retries_are_narrated_once_each_at_warning_with_the_error_fields(
             assert keys(r) == TASK
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_correlation_id_is_identical_on_every_attempt_and_every_record(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
@@ -228,6 +232,7 @@ async def test_a_missing_correlation_id_is_generated_as_uuid4_hex_and_kept_acros
     assert by_task == {"g1": {first}, "g2": {second}}
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_an_error_is_narrated_once_at_error_with_its_fields_and_no_headers(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
@@ -354,6 +359,7 @@ async def test_leaving_after_the_upstream_finished_adds_no_cancel_record(
     assert not [r for r in records if r["message"].startswith("cancelled")]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6010")
 async def test_engine_version_is_logged_once_known(
     adapter: OpenAIAdapter, records: list[Record]
 ) -> None:
@@ -365,6 +371,7 @@ async def test_engine_version_is_logged_once_known(
     assert {r["extra"]["engine_version"] for r in records} == {"llama.cpp b1-0c1e570"}
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_probe_retries_carry_the_adapter_fields_with_task_ones_none(
     upstream: FakeUpstream, records: list[Record], autojump_clock: trio.abc.Clock
 ) -> None:
@@ -392,6 +399,7 @@ async def test_probe_retries_carry_the_adapter_fields_with_task_ones_none(
             assert extra[field] is None
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_json_lines_sink_gets_every_field_and_no_key(records: list[Record]) -> None:
     """The JSON-lines recipe of docs/observability.md (`serialize=True`): one JSON object per
     record, the standard fields under `record.extra`, the key redacted even where the upstream

@@ -37,6 +37,7 @@ def texts(out: list[Event]) -> list[str]:
     return [e.text for e in out if isinstance(e, Token)]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_role_only_first_delta_and_empty_content_yield_no_token() -> None:
     body = sse(chat_chunk("", role=True)) + sse(chat_chunk(None, role=True)) + sse(chat_chunk("Hi"))
     _, out = run(body)
@@ -187,6 +188,7 @@ TOKENS = st.lists(
     cuts=st.lists(st.integers(min_value=0, max_value=100_000), max_size=30),
     api=st.sampled_from(["chat", "completions"]),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6001", "OC-ADAPT-OAI-6011")
 def test_any_byte_split_gives_the_same_tokens(tokens: list[str], cuts: list[int], api: str) -> None:
     body = body_of(render_stream(api, tokens, usage=(1, len(tokens))))  # type: ignore[arg-type]
     mapper, out = run(body, cuts)

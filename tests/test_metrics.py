@@ -8,6 +8,7 @@ the float arithmetic is exact."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from oai_adapter import (
@@ -48,6 +49,7 @@ async def paced(nursery: trio.Nursery, tokens: int, **kwargs: object) -> FakeUps
     return upstream
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_ttft_decode_time_and_duration_are_exact_with_a_paced_upstream(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -75,6 +77,7 @@ async def test_ttft_counts_from_submit_so_a_stall_before_the_headers_is_in_it(
     assert m.duration_ms == 1500.0 + 4 * 250.0
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_ttft_and_duration_include_failed_attempts_and_their_backoff(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -117,6 +120,7 @@ async def test_one_read_carrying_every_token_has_zero_decode_time(
     assert m.decode_time_ms == 0.0  # FACTS.md: a fast server may send the whole answer at once
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_usage_is_requested_and_reported_when_include_usage(
     upstream: FakeUpstream, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -154,6 +158,7 @@ async def test_completions_usage_comes_from_the_finish_chunk(
     assert (m.ttft_ms, m.decode_time_ms, m.duration_ms) == (250.0, 500.0, 750.0)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_tokens_out_counts_token_events_whatever_the_usage_says(
     upstream: FakeUpstream, autojump_clock: trio.abc.Clock
 ) -> None:

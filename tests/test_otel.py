@@ -88,6 +88,7 @@ def test_import_oai_adapter_does_not_import_opentelemetry() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
     nursery: trio.Nursery, otel: Telemetry, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -133,6 +134,7 @@ async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
         assert p.explicit_bounds[:3] == (1, 4, 16)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_each_task_has_one_client_span_with_the_genai_attributes(
     upstream: FakeUpstream, otel: Telemetry
 ) -> None:

@@ -104,6 +104,7 @@ async def collect(adapter: OpenAIAdapter, req: TaskRequest) -> list[Event]:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 def test_text_deltas_become_consecutive_tokens_and_usage_becomes_counts(
     shape: ResponsesShape,
 ) -> None:
@@ -122,6 +123,7 @@ def test_text_deltas_become_consecutive_tokens_and_usage_becomes_counts(
     reasoning=st.lists(st.text(min_size=1, max_size=6), max_size=3),
     cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=40),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 def test_every_byte_split_of_a_responses_stream_gives_the_same_events(
     shape: ResponsesShape, words: list[str], reasoning: list[str], cuts: list[int]
 ) -> None:
@@ -159,6 +161,7 @@ def test_bytes_fed_one_at_a_time_give_the_same_events() -> None:
         ("litellm", "content_filter", None, "content_filter"),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_each_terminal_event_sets_the_end_reason(
     shape: ResponsesShape, finish: Any, max_tokens: int | None, reason: str
 ) -> None:
@@ -318,6 +321,7 @@ def test_malformed_json_is_a_protocol_error() -> None:
     ],
     ids=["error-event", "error-event-nested", "response.failed"],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_an_error_mid_stream_is_an_upstream_error_with_its_code_and_message(
     terminal: tuple[str, dict[str, Any]],
 ) -> None:
@@ -402,6 +406,7 @@ def test_a_surrogate_pair_split_across_two_deltas_is_joined() -> None:
 
 
 @pytest.mark.parametrize("flavor", ["openai", "vllm", "llama.cpp", "litellm"])
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_responses_stream_end_to_end_in_each_upstream_shape(
     nursery: trio.Nursery, flavor: Any
 ) -> None:
@@ -445,6 +450,7 @@ async def test_responses_limit_given_in_extra_is_honoured_for_completed_at_the_l
     assert (end.reason, end.tokens_out) == ("length", 2)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_responses_request_body_carries_input_limits_and_extra(
     upstream: FakeUpstream,
 ) -> None:

@@ -111,6 +111,7 @@ def end_error(events: list[Event]) -> tuple[End, Any]:
 
 
 @pytest.mark.parametrize("status", RETRIED_STATUSES)
+@pytest.mark.req("OC-ADAPT-OAI-6002", "OC-ADAPT-OAI-6030")
 async def test_retryable_status_is_retried_with_capped_full_jitter(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
@@ -185,6 +186,7 @@ def _http_date(seconds_from_now: float) -> str:
         ({"retry_after": "Fri, 31 Dec 9999 23:59:59 GMT"}, 0.3),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_retry_after_is_honoured_and_clipped_to_cap(
     upstream: FakeUpstream, loopback_clock: MockClock, headers: dict[str, str], delay: float
 ) -> None:
@@ -207,6 +209,7 @@ async def test_retry_after_of_the_last_attempt_is_reported(
 
 
 @pytest.mark.parametrize("max_attempts", [1, 2, 5])
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_max_attempts_counts_every_attempt(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
@@ -265,6 +268,7 @@ MID_STREAM_FAULTS = [
 
 
 @pytest.mark.parametrize(("fault", "kind"), MID_STREAM_FAULTS)
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_no_retry_once_started_whatever_fails(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
@@ -370,6 +374,7 @@ async def test_connect_refused_is_retried_then_pool_unavailable(
 # --- probes: idempotent GETs, retried on the same rows -----------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_health_of_a_loading_upstream_retries_then_reports_not_ready(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -427,6 +432,7 @@ async def test_probe_is_not_retried_on_a_non_retryable_status(
         ),
     )
 )
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 def test_retry_after_ms_never_raises_and_is_bounded(headers: dict[str, str]) -> None:
     delay = retry_after_ms(headers)
     assert delay is None or (isinstance(delay, int) and 0 <= delay <= MAX_RETRY_AFTER_MS)

@@ -61,6 +61,7 @@ async def collect(adapter: OpenAIAdapter, task_id: str) -> list[Event]:
     return events
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_the_key_is_nowhere_in_logs_errors_events_or_pickles(
     records: list[str], caplog: pytest.LogCaptureFixture, nursery: trio.Nursery
 ) -> None:
@@ -155,10 +156,12 @@ def _calls(name: str) -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_the_key_is_revealed_in_one_place_where_the_authorization_header_is_built() -> None:
     assert _calls("reveal") == [("_http.py", "_auth_header")]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_library_modules_log_only_through_the_patched_logger() -> None:
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "_log.py":

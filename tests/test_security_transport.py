@@ -74,6 +74,7 @@ def hostile_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> int:
 # --- TLS -------------------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_tls_with_the_private_ca_in_ca_bundle_streams(
     tls_upstream: FakeUpstream, ca_file: str
 ) -> None:
@@ -84,6 +85,7 @@ async def test_tls_with_the_private_ca_in_ca_bundle_streams(
     assert text_of(events) == "".join(tls_upstream.tokens)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_tls_without_the_ca_ends_as_policy_saying_the_certificate_was_not_trusted(
     tls_upstream: FakeUpstream,
 ) -> None:
@@ -99,6 +101,7 @@ async def test_tls_without_the_ca_ends_as_policy_saying_the_certificate_was_not_
     assert tls_upstream.completion_requests() == []  # nothing was sent over the bad channel
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_ssl_cert_file_and_dir_naming_the_ca_do_not_make_it_trusted(
     tls_upstream: FakeUpstream, ca_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +143,7 @@ async def test_a_certificate_for_another_host_is_refused(
     assert "not trusted" in end.error.message
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 def test_there_is_no_switch_to_turn_verification_off(tmp_path: Path) -> None:
     from oai_adapter import AdapterConfig
     from oai_adapter._tls import build_ssl_context
@@ -155,6 +159,7 @@ def test_there_is_no_switch_to_turn_verification_off(tmp_path: Path) -> None:
 # --- the environment -------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_proxy_certificate_and_netrc_environment_has_no_effect(
     hostile_env: int, upstream: FakeUpstream
 ) -> None:
@@ -234,6 +239,7 @@ async def proxy(nursery: trio.Nursery) -> Proxy:
     return server
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_explicit_proxy_is_used_for_plain_http(
     proxy: Proxy, upstream: FakeUpstream, hostile_env: int
 ) -> None:
@@ -245,6 +251,7 @@ async def test_explicit_proxy_is_used_for_plain_http(
     assert proxy.heads[0].startswith(f"POST {upstream.base_url}/chat/completions ".encode())
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_explicit_proxy_tunnels_tls_and_sends_its_credentials(
     proxy: Proxy, tls_upstream: FakeUpstream, ca_file: str, hostile_env: int
 ) -> None:
@@ -266,6 +273,7 @@ async def test_explicit_proxy_tunnels_tls_and_sends_its_credentials(
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_a_redirect_is_never_followed_and_ends_as_policy(
     status: int, upstream: FakeUpstream, nursery: trio.Nursery
 ) -> None:
@@ -308,6 +316,7 @@ class Listener:
         await stream.aclose()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6003", "OC-ADAPT-OAI-6021")
 async def test_a_host_outside_allowed_hosts_is_refused_before_any_byte_is_sent(
     upstream: FakeUpstream, nursery: trio.Nursery
 ) -> None:

@@ -135,6 +135,7 @@ def _event_stream(draw: st.DrawFn) -> tuple[bytes, list[int], list[int], list[SS
 
 
 @given(stream=_event_stream(), data=st.data())
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 def test_any_chunking_gives_the_same_events(
     stream: tuple[bytes, list[int], list[int], list[SSEEvent]], data: st.DataObject
 ) -> None:

@@ -23,6 +23,7 @@ from .conftest import IO_DEADLINE, make_config
 from .helpers import check_grammar, collect, text_of
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_chat_stream_events_are_ordered_and_indexed(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -47,6 +48,7 @@ async def test_chat_stream_events_are_ordered_and_indexed(
     assert metrics.retries == 0
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_chat_request_body_and_headers(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -94,6 +96,7 @@ async def test_correlation_id_is_generated_when_absent(
     assert all(len(i) == 32 for i in ids)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_completions_api_streams_text_chunks(upstream: FakeUpstream) -> None:
     async with OpenAIAdapter(make_config(upstream, api="completions")) as adapter:
         with trio.fail_after(IO_DEADLINE):
@@ -116,6 +119,7 @@ async def test_completions_api_refuses_messages(upstream: FakeUpstream) -> None:
     assert upstream.completion_requests() == []
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_crlf_line_ends_and_comments_from_the_wire(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -192,6 +196,7 @@ async def test_retryable_status_then_success_reports_the_attempt(
     assert text_of(events) == "".join(upstream.tokens)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_duplicate_running_task_id_is_refused(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -206,6 +211,7 @@ async def test_duplicate_running_task_id_is_refused(
         check_grammar(await collect(adapter, TaskRequest(task_id="dup", prompt="z")))
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_fifty_concurrent_streams_are_each_ordered_and_complete(
     upstream: FakeUpstream,
 ) -> None:

@@ -68,6 +68,7 @@ def token_times(events: list[tuple[float, Event]]) -> list[float]:
 # --- first_token ------------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_first_token_fires_on_a_stall_before_the_headers(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -151,6 +152,7 @@ async def test_idle_fires_when_the_stream_stalls_mid_way(
     assert len(upstream.completion_requests()) == 1  # never a retry after Started
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_keepalive_comments_do_not_defeat_idle(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -180,6 +182,7 @@ async def test_keepalive_bytes_outside_sse_comments_do_not_defeat_idle(
     assert end.error.kind is ErrorKind.DECODE_TIMEOUT
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_no_timeout_fires_early_on_a_slow_but_live_stream(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -209,6 +212,7 @@ async def test_keepalive_gap_shorter_than_idle_does_not_fire(
     assert len(token_times(events)) == len(upstream.tokens)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_a_slow_consumer_gets_backpressure_not_an_idle_timeout(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -248,6 +252,7 @@ async def test_total_fires_on_a_stream_that_is_live_but_too_long(
     assert at == pytest.approx(4.0)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_total_fires_during_a_retry_backoff(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -310,6 +315,7 @@ def blackhole() -> Iterator[int]:
         server.close()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_connect_timeout_is_pool_unavailable_and_retried(
     blackhole: int, loopback_clock: MockClock
 ) -> None:
@@ -366,6 +372,7 @@ class _HangingTransport(httpx2.AsyncBaseTransport):
         return httpx2.Response(200, headers={"content-type": self.content_type}, stream=body)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_a_close_that_hangs_is_abandoned_after_the_grace(
     loopback_clock: MockClock,
 ) -> None:

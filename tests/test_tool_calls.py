@@ -132,6 +132,7 @@ def fragments(text: str, cuts: list[int]) -> list[str]:
     text_cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=8),
     byte_cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_tool_call_argument_deltas_join_to_valid_json_for_any_split(
     api: str, args: dict[str, Any], text_cuts: list[int], byte_cuts: list[int]
 ) -> None:
@@ -228,6 +229,7 @@ def test_chat_legacy_function_call_delta_is_a_tool_call() -> None:
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 def test_chat_reasoning_then_text_keeps_its_order_and_token_indexes(field: str) -> None:
     steps = render_chat_deltas(["The", " answer"], reasoning=["Let me", " think"], usage=(3, 4))
     body = body_of(steps)
@@ -328,6 +330,7 @@ def test_new_events_encode_with_their_tags_and_decode_as_events() -> None:
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_reasoning_then_text_then_call_end_to_end(upstream: FakeUpstream, api: Any) -> None:
     call = ScriptedToolCall("get_weather", ['{"city": ', '"Paris"}'], call_id="call_7")
     render = render_chat_deltas if api == "chat" else render_responses_stream

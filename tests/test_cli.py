@@ -18,6 +18,7 @@ import sys
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 import oai_adapter
 from oai_adapter._cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
@@ -332,7 +333,7 @@ async def test_check_json_is_one_document_with_a_row_per_check(upstream: FakeUps
 
 
 async def test_check_against_a_closed_port_fails_health_and_exits_1(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: MockClock,
 ) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

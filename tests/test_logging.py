@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 from loguru import logger
+from trio.testing import MockClock
 
 from oai_adapter import (
     End,
@@ -306,7 +307,7 @@ async def test_an_error_inside_the_stream_is_narrated_with_its_kind(
 
 
 async def test_a_cancel_is_narrated_once_with_the_tokens_delivered(
-    upstream: FakeUpstream, records: list[Record], autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, records: list[Record], loopback_clock: MockClock
 ) -> None:
     upstream.pace = 1.0
     async with OpenAIAdapter(make_config(upstream)) as adapter:
@@ -331,7 +332,7 @@ async def test_a_cancel_is_narrated_once_with_the_tokens_delivered(
 
 
 async def test_leaving_the_submit_block_early_is_narrated_as_one_cancel(
-    upstream: FakeUpstream, records: list[Record], autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, records: list[Record], loopback_clock: MockClock
 ) -> None:
     upstream.pace = 1.0
     async with OpenAIAdapter(make_config(upstream)) as adapter:
@@ -373,7 +374,7 @@ async def test_engine_version_is_logged_once_known(
 
 @pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_probe_retries_carry_the_adapter_fields_with_task_ones_none(
-    upstream: FakeUpstream, records: list[Record], autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, records: list[Record], loopback_clock: MockClock
 ) -> None:
     upstream.loading = True
     config = make_config(

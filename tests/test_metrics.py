@@ -1,5 +1,6 @@
-"""`Metrics` is exact (OC-ADAPT-OAI-6031): with `autojump_clock` and an upstream that paces its
-tokens with `trio.sleep`, every figure is known in advance, to the bit.
+"""`Metrics` is exact (OC-ADAPT-OAI-6031): with `loopback_clock` (virtual time that jumps only
+by deadlines, safe beside real loopback sockets) and an upstream that paces its tokens with
+`trio.sleep`, every figure is known in advance, to the bit.
 
 `ttft_ms`: `submit` entered → the network read that carried the first Token (connect, a stall
 before the headers and retries included); `decode_time_ms`: that read → the read carrying the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from oai_adapter import (
     AdapterConfig,
@@ -51,7 +53,7 @@ async def paced(nursery: trio.Nursery, tokens: int, **kwargs: object) -> FakeUps
 
 @pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_ttft_decode_time_and_duration_are_exact_with_a_paced_upstream(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     upstream = await paced(nursery, 8)
     async with OpenAIAdapter(make_config(upstream)) as adapter:
@@ -66,7 +68,7 @@ async def test_ttft_decode_time_and_duration_are_exact_with_a_paced_upstream(
 
 
 async def test_ttft_counts_from_submit_so_a_stall_before_the_headers_is_in_it(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     upstream = await paced(nursery, 4)
     upstream.script(Reply(delay=1.5))  # the upstream sits on the request before answering
@@ -79,7 +81,7 @@ async def test_ttft_counts_from_submit_so_a_stall_before_the_headers_is_in_it(
 
 @pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_ttft_and_duration_include_failed_attempts_and_their_backoff(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     upstream = await paced(nursery, 2)
     upstream.script(
@@ -108,7 +110,7 @@ async def test_ttft_and_duration_include_failed_attempts_and_their_backoff(
 
 
 async def test_one_read_carrying_every_token_has_zero_decode_time(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     body = b"".join(sse(chat_chunk(t)) for t in ("a", "b", "c"))
     body += sse(chat_chunk(None, finish="stop")) + b"data: [DONE]\n\n"
@@ -122,7 +124,7 @@ async def test_one_read_carrying_every_token_has_zero_decode_time(
 
 @pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_usage_is_requested_and_reported_when_include_usage(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.tokens = ["x"] * 5
     async with OpenAIAdapter(make_config(upstream, include_usage=True)) as adapter:
@@ -133,7 +135,7 @@ async def test_usage_is_requested_and_reported_when_include_usage(
 
 
 async def test_no_usage_is_requested_or_invented_without_include_usage(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     async with OpenAIAdapter(make_config(upstream, include_usage=False)) as adapter:
         m = metrics_of(await run(adapter, TaskRequest(task_id="n", prompt="a b")))
@@ -144,7 +146,7 @@ async def test_no_usage_is_requested_or_invented_without_include_usage(
 
 
 async def test_completions_usage_comes_from_the_finish_chunk(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.tokens = ["y"] * 3
     upstream.pace = PACE
@@ -160,7 +162,7 @@ async def test_completions_usage_comes_from_the_finish_chunk(
 
 @pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_tokens_out_counts_token_events_whatever_the_usage_says(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(
         Reply(
@@ -180,7 +182,7 @@ async def test_tokens_out_counts_token_events_whatever_the_usage_says(
 
 
 async def test_a_task_without_tokens_has_no_ttft_or_decode_time(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(
         Reply(

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from trio.testing import MockClock
 
 from oai_adapter import End, OpenAIAdapter, TaskRequest, Token
 from oai_adapter.otel import instrument, uninstrument
@@ -90,7 +91,7 @@ def test_import_oai_adapter_does_not_import_opentelemetry() -> None:
 
 @pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
-    nursery: trio.Nursery, otel: Telemetry, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, otel: Telemetry, loopback_clock: MockClock
 ) -> None:
     upstream = FakeUpstream(tokens=["a", "b", "c", "d", "e"], pace=0.25)
     await nursery.start(upstream.serve)
@@ -120,7 +121,7 @@ async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
         assert attrs(point) == common
         assert point.count == 1
     (duration,) = got["gen_ai.client.operation.duration"][1]
-    assert duration.sum == 5 * 0.25  # exact: trio's clock, autojump
+    assert duration.sum == 5 * 0.25  # exact: virtual time (loopback_clock)
     assert duration.explicit_bounds[:3] == (0.01, 0.02, 0.04)
     (first,) = got["gen_ai.client.operation.time_to_first_chunk"][1]
     assert first.sum == 0.25
@@ -198,7 +199,7 @@ async def test_a_failed_task_records_error_type_on_its_span_and_duration(
 
 
 async def test_a_cancelled_task_ends_its_span_once_as_cancelled(
-    nursery: trio.Nursery, otel: Telemetry, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, otel: Telemetry, loopback_clock: MockClock
 ) -> None:
     upstream = FakeUpstream(pace=1.0)
     await nursery.start(upstream.serve)
@@ -218,7 +219,7 @@ async def test_a_cancelled_task_ends_its_span_once_as_cancelled(
 
 
 async def test_leaving_the_submit_block_early_still_ends_the_span(
-    nursery: trio.Nursery, otel: Telemetry, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, otel: Telemetry, loopback_clock: MockClock
 ) -> None:
     upstream = FakeUpstream(pace=1.0)
     await nursery.start(upstream.serve)

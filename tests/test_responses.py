@@ -12,6 +12,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from oai_adapter import (
     End,
@@ -499,7 +500,7 @@ async def test_responses_refuses_stop_and_seed(upstream: FakeUpstream, field: An
 
 
 async def test_responses_error_event_mid_stream_ends_with_upstream_error(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     body = frames(
         ("response.created", {"response": {"status": "in_progress"}}),

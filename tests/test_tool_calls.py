@@ -16,6 +16,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from oai_adapter import (
     End,
@@ -357,7 +358,7 @@ async def test_reasoning_then_text_then_call_end_to_end(upstream: FakeUpstream, 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_long_reasoning_before_the_first_token_is_no_first_token_timeout(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: Any
+    upstream: FakeUpstream, loopback_clock: MockClock, api: Any
 ) -> None:
     render = render_chat_deltas if api == "chat" else render_responses_stream
     steps = with_pauses(render(["answer"], reasoning=["step"] * 6), 1.0)
@@ -373,7 +374,7 @@ async def test_long_reasoning_before_the_first_token_is_no_first_token_timeout(
 
 
 async def test_tool_call_only_answer_slower_than_first_token_completes(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     call = ScriptedToolCall("f", ["{", '"k"', ": ", "1", "}"], call_id="c")
     upstream.script(Reply(steps=with_pauses(render_chat_deltas(tool_calls=[call]), 1.0)))
@@ -387,7 +388,7 @@ async def test_tool_call_only_answer_slower_than_first_token_completes(
 
 
 async def test_cancel_during_reasoning_ends_cancelled_with_no_tokens(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Reply(steps=with_pauses(render_chat_deltas(["x"], reasoning=["r"] * 50), 1.0)))
     async with OpenAIAdapter(make_config(upstream)) as adapter:

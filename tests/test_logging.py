@@ -30,6 +30,7 @@ from oai_adapter._log import ERROR_FIELDS, TASK_FIELDS
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
 from .conftest import IO_DEADLINE, make_config
+from .helpers import collect
 
 Record = dict[str, Any]
 
@@ -50,12 +51,6 @@ def records() -> Iterator[list[Record]]:
     finally:
         logger.remove(sink)
         logger.disable("oai_adapter")
-
-
-async def run(adapter: OpenAIAdapter, req: TaskRequest) -> list[object]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
 
 
 def narration(records: list[Record]) -> list[tuple[str, str]]:
@@ -123,7 +118,7 @@ async def test_every_record_of_a_task_has_exactly_the_standard_fields(
 ) -> None:
     config = make_config(upstream, pool_id="pool-a", replica_id="r-7")
     async with OpenAIAdapter(config) as adapter:
-        events = await run(adapter, TaskRequest(task_id="t-1", prompt="hi", session_id="s-9"))
+        events = await collect(adapter, TaskRequest(task_id="t-1", prompt="hi", session_id="s-9"))
     tokens = sum(isinstance(e, Token) for e in events)
     assert records
     for r in records:
@@ -151,11 +146,11 @@ async def test_a_task_is_narrated_once_per_step_never_per_token(
 ) -> None:
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         upstream.tokens = ["a"] * 3
-        await run(adapter, TaskRequest(task_id="few", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="few", prompt="hi"))
         few = narration(records)
         records.clear()
         upstream.tokens = ["a"] * 300
-        await run(adapter, TaskRequest(task_id="many", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="many", prompt="hi"))
         many = narration(records)
     assert (
         few == many == [("DEBUG", "request sent"), ("INFO", "stream accepted"), ("INFO", "ended")]
@@ -173,7 +168,7 @@ async def test_retries_are_narrated_once_each_at_warning_with_the_error_fields(
         Reply(),
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="r", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="r", prompt="hi"))
     assert narration(records) == [
         ("DEBUG", "request sent"),
         ("WARNING", "attempt 1 failed"),
@@ -205,7 +200,7 @@ async def test_correlation_id_is_identical_on_every_attempt_and_every_record(
 ) -> None:
     upstream.script(Reply.status_only(503), Reply.status_only(502), Reply())
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="c", prompt="hi", correlation_id="corr-42"))
+        await collect(adapter, TaskRequest(task_id="c", prompt="hi", correlation_id="corr-42"))
     sent = [r.headers.get("x-correlation-id") for r in upstream.completion_requests()]
     assert sent == ["corr-42"] * 3
     assert {r["extra"]["correlation_id"] for r in records} == {"corr-42"}
@@ -217,8 +212,8 @@ async def test_a_missing_correlation_id_is_generated_as_uuid4_hex_and_kept_acros
 ) -> None:
     upstream.script(Reply.status_only(503), Reply())
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="g1", prompt="hi"))
-        await run(adapter, TaskRequest(task_id="g2", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="g1", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="g2", prompt="hi"))
     sent = [r.headers["x-correlation-id"] for r in upstream.completion_requests()]
     first, retried, second = sent
     assert first == retried != second
@@ -247,7 +242,7 @@ async def test_an_error_is_narrated_once_at_error_with_its_fields_and_no_headers
         )
     )
     async with OpenAIAdapter(make_config(upstream, api_key="sk-test-abcdefghijkl")) as adapter:
-        events = await run(adapter, TaskRequest(task_id="e", prompt="hi"))
+        events = await collect(adapter, TaskRequest(task_id="e", prompt="hi"))
     end = events[-1]
     assert isinstance(end, End)
     assert end.error is not None
@@ -294,7 +289,7 @@ async def test_an_error_inside_the_stream_is_narrated_with_its_kind(
         )
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="mid", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="mid", prompt="hi"))
     assert narration(records) == [
         ("DEBUG", "request sent"),
         ("INFO", "stream accepted"),
@@ -364,10 +359,10 @@ async def test_leaving_after_the_upstream_finished_adds_no_cancel_record(
 async def test_engine_version_is_logged_once_known(
     adapter: OpenAIAdapter, records: list[Record]
 ) -> None:
-    await run(adapter, TaskRequest(task_id="before", prompt="hi"))
+    await collect(adapter, TaskRequest(task_id="before", prompt="hi"))
     version = await adapter.engine_version()
     records.clear()
-    await run(adapter, TaskRequest(task_id="after", prompt="hi"))
+    await collect(adapter, TaskRequest(task_id="after", prompt="hi"))
     assert version.engine == "llama.cpp"
     assert {r["extra"]["engine_version"] for r in records} == {"llama.cpp b1-0c1e570"}
 
@@ -414,7 +409,7 @@ async def test_json_lines_sink_gets_every_field_and_no_key(records: list[Record]
             await nursery.start(upstream.serve)
             config = make_config(upstream, api_key=wrong_key)
             async with OpenAIAdapter(config) as adapter:
-                events = await run(adapter, TaskRequest(task_id="j", prompt="hi"))
+                events = await collect(adapter, TaskRequest(task_id="j", prompt="hi"))
             nursery.cancel_scope.cancel()
     finally:
         logger.remove(sink)

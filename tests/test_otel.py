@@ -23,6 +23,7 @@ from oai_adapter.otel import instrument, uninstrument
 from oai_adapter.testing import FakeUpstream, Reply
 
 from .conftest import IO_DEADLINE, make_config
+from .helpers import collect
 
 
 class Telemetry:
@@ -63,12 +64,6 @@ def otel() -> Iterator[Telemetry]:
     t.tracers.shutdown()
 
 
-async def run(adapter: OpenAIAdapter, req: TaskRequest) -> list[object]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
-
-
 def attrs(point: Any) -> dict[str, Any]:
     return dict(point.attributes)
 
@@ -97,7 +92,7 @@ async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
     await nursery.start(upstream.serve)
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         otel.instrument(adapter)
-        await run(adapter, TaskRequest(task_id="m", prompt="one two three"))
+        await collect(adapter, TaskRequest(task_id="m", prompt="one two three"))
     got = otel.metrics()
     assert {name: unit for name, (unit, _) in got.items()} == {
         "gen_ai.client.operation.duration": "s",
@@ -144,7 +139,7 @@ async def test_each_task_has_one_client_span_with_the_genai_attributes(
         req = TaskRequest(
             task_id="s1", prompt="a b", max_tokens=3, temperature=0.5, correlation_id="corr-1"
         )
-        events = await run(adapter, req)
+        events = await collect(adapter, req)
     assert sum(isinstance(e, Token) for e in events) == 3
     (span,) = otel.spans()
     assert span.name == "chat test-model"
@@ -168,7 +163,7 @@ async def test_legacy_completions_are_text_completion_operations(
 ) -> None:
     async with OpenAIAdapter(make_config(upstream, api="completions")) as adapter:
         otel.instrument(adapter)
-        await run(adapter, TaskRequest(task_id="c", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="c", prompt="hi"))
     (span,) = otel.spans()
     assert span.name == "text_completion test-model"
     (point,) = otel.metrics()["gen_ai.client.operation.duration"][1]
@@ -181,7 +176,7 @@ async def test_a_failed_task_records_error_type_on_its_span_and_duration(
     upstream.script(Reply.status_only(400, {"error": {"message": "bad temperature"}}))
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         otel.instrument(adapter)
-        events = await run(adapter, TaskRequest(task_id="f", prompt="hi"))
+        events = await collect(adapter, TaskRequest(task_id="f", prompt="hi"))
     end = events[-1]
     assert isinstance(end, End)
     assert end.reason == "error"
@@ -239,9 +234,9 @@ async def test_uninstrument_stops_recording_new_tasks(
 ) -> None:
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         otel.instrument(adapter)
-        await run(adapter, TaskRequest(task_id="1", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="1", prompt="hi"))
         uninstrument(adapter)
-        await run(adapter, TaskRequest(task_id="2", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="2", prompt="hi"))
     assert [dict(s.attributes or {})["oai_adapter.task_id"] for s in otel.spans()] == ["1"]
 
 
@@ -278,7 +273,7 @@ async def test_a_failing_telemetry_does_not_break_the_task(upstream: FakeUpstrea
     try:
         async with OpenAIAdapter(make_config(upstream)) as adapter:
             adapter._telemetry = _BrokenTelemetry()
-            events = await run(adapter, TaskRequest(task_id="t", prompt="hi"))
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="hi"))
     finally:
         logger.remove(sink)
         logger.disable("oai_adapter")

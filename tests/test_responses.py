@@ -42,7 +42,8 @@ from oai_adapter.testing import (
     sse,
 )
 
-from .conftest import IO_DEADLINE, make_config
+from .conftest import make_config
+from .helpers import collect
 
 SHAPES: tuple[ResponsesShape, ...] = ("openai", "llama.cpp", "litellm")
 WORDS = ["Hello", ",", " wörld", " 🙂", " again"]
@@ -93,12 +94,6 @@ def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
         last = p
     pieces.append(data[last:])
     return pieces
-
-
-async def collect(adapter: OpenAIAdapter, req: TaskRequest) -> list[Event]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
 
 
 # --- the mapper, sans-IO ---------------------------------------------------------------------

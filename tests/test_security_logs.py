@@ -19,10 +19,11 @@ import trio
 from loguru import logger
 
 import oai_adapter
-from oai_adapter import End, ErrorKind, Event, OpenAIAdapter, Secret, TaskRequest, WorkerError
+from oai_adapter import End, ErrorKind, OpenAIAdapter, Secret, WorkerError
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
-from .conftest import IO_DEADLINE, make_config
+from .conftest import make_config
+from .helpers import collect
 
 #: The key the upstream accepts: OpenAI-shaped, so the patterns would catch it too.
 GOOD_KEY = "sk-proj-T3stK3yAbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
@@ -50,15 +51,6 @@ def assert_no_key(*texts: str | bytes) -> None:
         for key in KEYS:
             assert key not in raw
             assert key[8:24] not in raw  # no recognisable piece either
-
-
-async def collect(adapter: OpenAIAdapter, task_id: str) -> list[Event]:
-    events: list[Event] = []
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(TaskRequest(task_id=task_id, prompt="hi")) as stream:
-            async for ev in stream:
-                events.append(ev)
-    return events
 
 
 @pytest.mark.req("OC-ADAPT-OAI-6020")

@@ -48,6 +48,7 @@ from oai_adapter.testing import (
 )
 
 from .conftest import IO_DEADLINE, make_config
+from .helpers import collect
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -98,12 +99,6 @@ def with_pauses(steps: list[Step], seconds: float) -> list[Step]:
     for step in steps:
         out += [step, Sleep(seconds)]
     return out
-
-
-async def collect(adapter: OpenAIAdapter, req: TaskRequest) -> list[Event]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
 
 
 json_values = st.recursive(

@@ -9,7 +9,6 @@ decoder, the mappers, the error table — is the real code.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -30,6 +29,8 @@ from oai_adapter import (
 )
 from oai_adapter._events import Event
 from oai_adapter.testing import chat_chunk, check_stream, completion_chunk, sse
+
+from .sansio import split_at
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,11 +76,6 @@ async def stream_of(chunks: Sequence[bytes], api: str = "chat") -> tuple[list[Ev
                 seen = [ev async for ev in events]
             assert adapter.running() == frozenset()
     return seen, transport.requests
-
-
-def split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def outcome(events: Sequence[Event]) -> tuple[Any, ...]:
@@ -155,8 +151,8 @@ async def test_outcome_does_not_depend_on_how_the_bytes_are_split(
     frames: list[bytes], cuts_a: list[int], cuts_b: list[int], api: str
 ) -> None:
     body = b"".join(frames)
-    events_a, requests_a = await stream_of(split(body, cuts_a), api)
-    events_b, requests_b = await stream_of(split(body, cuts_b), api)
+    events_a, requests_a = await stream_of(split_at(body, cuts_a), api)
+    events_b, requests_b = await stream_of(split_at(body, cuts_b), api)
     check_stream(events_a)
     check_stream(events_b)
     assert outcome(events_a) == outcome(events_b)

@@ -15,10 +15,10 @@ import trio
 
 from oai_adapter import End, ErrorKind, OpenAIAdapter, TaskRequest, Token
 from oai_adapter._errors import error_from_status
-from oai_adapter._events import Event
 from oai_adapter._mappers import ChatMapper
-from oai_adapter._sse import SSEDecoder
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
+
+from .sansio import map_stream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "litellm-1.108.7"
 LLAMA = Path(__file__).parent / "fixtures" / "llama-cpp-python-0.3.36"
@@ -55,19 +55,9 @@ def _llama(name: str) -> bytes:
 
 def _map(raw: bytes, chunk: int | None = None) -> Mapped:
     """What the reader does: feed reads to the decoder, events to the mapper, stop at `done`."""
-    decoder, mapper = SSEDecoder(), ChatMapper("t")
-    out: list[Event] = []
+    mapper = ChatMapper("t")
     reads = [raw] if chunk is None else [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
-    for read in reads:
-        for name, data in decoder.feed(read):
-            mapper.feed(name, data, out)
-            if mapper.done:
-                break
-        if mapper.done:
-            break
-    else:
-        for name, data in decoder.close():
-            mapper.feed(name, data, out)
+    out = map_stream(mapper, reads)
     tokens = [e for e in out if isinstance(e, Token)]
     assert [t.index for t in tokens] == list(range(len(tokens)))
     return Mapped(tokens, mapper)

@@ -4,7 +4,7 @@ in the shapes of OpenAI/vLLM, llama.cpp's server and LiteLLM (FACTS.md, "Streams
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -28,7 +28,6 @@ from oai_adapter import (
 )
 from oai_adapter._mappers import ProtocolError
 from oai_adapter._responses import ResponsesMapper
-from oai_adapter._sse import SSEDecoder
 from oai_adapter.testing import (
     FakeUpstream,
     Reply,
@@ -36,7 +35,6 @@ from oai_adapter.testing import (
     ScriptedToolCall,
     Send,
     Sleep,
-    Step,
     render_responses_stream,
     responses_event,
     sse,
@@ -44,6 +42,7 @@ from oai_adapter.testing import (
 
 from .conftest import make_config
 from .helpers import collect
+from .sansio import body_of, map_stream, split_at
 
 SHAPES: tuple[ResponsesShape, ...] = ("openai", "llama.cpp", "litellm")
 WORDS = ["Hello", ",", " wörld", " 🙂", " again"]
@@ -52,27 +51,11 @@ WORDS = ["Hello", ",", " wörld", " 🙂", " again"]
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def body_of(steps: Iterable[Step]) -> bytes:
-    return b"".join(step.data for step in steps if isinstance(step, Send))
-
-
 def run_mapper(
     chunks: Iterable[bytes], *, max_tokens: int | None = None
 ) -> tuple[list[Event], ResponsesMapper]:
-    """Decode and map a byte stream as the reader does (stop at `done`, close at EOF)."""
-    decoder = SSEDecoder()
     mapper = ResponsesMapper("t", max_tokens=max_tokens)
-    out: list[Event] = []
-    for chunk in chunks:
-        for name, data in decoder.feed(chunk):
-            mapper.feed(name, data, out)
-            if mapper.done:
-                return out, mapper
-    for name, data in decoder.close():
-        mapper.feed(name, data, out)
-        if mapper.done:
-            break
-    return out, mapper
+    return map_stream(mapper, chunks), mapper
 
 
 def frames(*events: tuple[str, dict[str, Any]], named: bool = True) -> bytes:
@@ -84,16 +67,6 @@ def frames(*events: tuple[str, dict[str, Any]], named: bool = True) -> bytes:
 
 def text_of(events: Iterable[Event]) -> str:
     return "".join(e.text for e in events if isinstance(e, Token))
-
-
-def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = sorted({min(c, len(data)) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
 
 
 # --- the mapper, sans-IO ---------------------------------------------------------------------
@@ -130,7 +103,7 @@ def test_every_byte_split_of_a_responses_stream_gives_the_same_events(
         )
     )
     whole, whole_mapper = run_mapper([body])
-    split, split_mapper = run_mapper(split_at(body, [c % (len(body) + 1) for c in cuts]))
+    split, split_mapper = run_mapper(split_at(body, cuts))
     assert split == whole
     assert text_of(split) == "".join(words)
     assert [e.text for e in split if isinstance(e, ReasoningDelta)] == reasoning

@@ -2,21 +2,20 @@
 
 The fault matrix is status × phase × api: each status as the HTTP status, as the first event
 of a 200 stream (how some servers send a rate limit), and as an error event after `Started`;
-for chat and legacy completions. Then the rows that are not statuses: transport faults on each
-side of the headers, malformed streams, TLS, cancel. The expected kinds below are written out
+for chat, legacy completions and Responses. Then the rows that are not statuses: transport
+faults on each side of the headers, malformed streams, timeouts, cancel (TLS is in
+`test_security_transport.py`). The expected kinds below are written out
 by hand from DESIGN.md (`expected_errors.py`) — not computed by the code under test.
 """
 
 from __future__ import annotations
 
 import re
-import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import trustme
 from trio.testing import MockClock
 
 from oai_adapter import (
@@ -392,23 +391,7 @@ async def test_timeouts_map_to_their_kinds(
     assert len(upstream.completion_requests()) == 1
 
 
-# --- POLICY: TLS -----------------------------------------------------------------------------
-
-
-async def test_untrusted_tls_certificate_is_policy_and_not_retried(
-    nursery: trio.Nursery,
-) -> None:
-    # real time: "localhost" is resolved in a worker thread, which a virtual clock would jump past
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    upstream = FakeUpstream(ssl_context=server_ctx)
-    await nursery.start(upstream.serve)
-    events = await run(upstream, "chat")  # no ca_bundle: the private CA is not trusted
-    error = error_of(events)
-    assert (error.kind, error.retryable) == (ErrorKind.POLICY, False)
-    assert "TLS" in error.message
-    assert upstream.completion_requests() == []
+# --- POLICY: TLS: test_security_transport.py (an untrusted certificate, and the trust rules) ------
 
 
 # --- CANCELLED ---------------------------------------------------------------------------------

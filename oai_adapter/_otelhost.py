@@ -67,4 +67,4 @@ class HostCounters:
         self.breaker_transitions.add(1, {POOL: pool_id, REPLICA: replica_id, STATE: state})
 
     def adapter_opened(self, adapter: OpenAIAdapter) -> None:
-        adapter._telemetry = self.genai
+        adapter.attach_telemetry(self.genai)

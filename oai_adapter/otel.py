@@ -55,13 +55,13 @@ def instrument(
     `None` providers mean OpenTelemetry's global ones. Tasks already running are not recorded.
     """
     telemetry = GenAITelemetry(meter_provider=meter_provider, tracer_provider=tracer_provider)
-    adapter._telemetry = telemetry
+    adapter.attach_telemetry(telemetry)
     return telemetry
 
 
 def uninstrument(adapter: OpenAIAdapter) -> None:
     """Stop recording tasks that `adapter` submits from now on (running ones still end theirs)."""
-    adapter._telemetry = None
+    adapter.attach_telemetry(None)
 
 
 def instrument_host(

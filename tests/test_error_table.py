@@ -12,13 +12,13 @@ import pytest
 from oai_adapter import ErrorKind, Timeouts, WorkerError
 from oai_adapter._errors import (
     RETRYABLE,
+    ErrorBody,
     error_from_event,
     error_from_status,
     error_from_transport,
     kind_for_code,
     kind_for_status,
 )
-from oai_adapter._mappers import _ErrorBody
 
 from .expected_errors import RETRYABLE_KINDS, expected_kind
 
@@ -67,7 +67,7 @@ def test_error_codes_that_stand_for_a_status(codes: tuple[object, ...], kind: Er
 
 
 def test_error_event_first_stands_for_its_status_later_is_upstream_error() -> None:
-    body = _ErrorBody(message="slow down", type="rate_limit_error", code=429)
+    body = ErrorBody(message="slow down", type="rate_limit_error", code=429)
     first = error_from_event(body, first=True)
     later = error_from_event(body, first=False)
     assert (first.kind, first.status, first.retryable) == (ErrorKind.ADMISSION_REJECT, 429, True)

@@ -272,7 +272,7 @@ async def test_a_failing_telemetry_does_not_break_the_task(upstream: FakeUpstrea
     sink = logger.add(lambda m: got.append(m.record), level="WARNING", filter="oai_adapter")
     try:
         async with OpenAIAdapter(make_config(upstream)) as adapter:
-            adapter._telemetry = _BrokenTelemetry()
+            adapter.attach_telemetry(_BrokenTelemetry())
             events = await collect(adapter, TaskRequest(task_id="t", prompt="hi"))
     finally:
         logger.remove(sink)

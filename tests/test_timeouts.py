@@ -31,7 +31,7 @@ from oai_adapter import (
     Timeouts,
     Token,
 )
-from oai_adapter._task import CLEANUP_GRACE
+from oai_adapter._http import CLOSE_GRACE
 from oai_adapter.testing import FakeUpstream, Fault, chat_chunk, check_stream, sse
 
 DEADLINE = 600  # trio seconds; the virtual clock makes them free
@@ -357,7 +357,7 @@ async def test_a_close_that_hangs_is_abandoned_after_the_grace(
     assert transport.bodies[0].close_started.is_set()
     assert end.error is not None
     assert end.error.kind is ErrorKind.PROTOCOL
-    assert at == pytest.approx(CLEANUP_GRACE)
+    assert at == pytest.approx(CLOSE_GRACE)
 
 
 async def test_a_cancel_with_a_close_that_hangs_ends_within_the_grace(
@@ -377,7 +377,7 @@ async def test_a_cancel_with_a_close_that_hangs_ends_within_the_grace(
     end = check_stream([first, *rest])
     assert end.reason == "cancelled"
     assert transport.bodies[0].close_started.is_set()
-    assert t1 - t0 == pytest.approx(CLEANUP_GRACE)
+    assert t1 - t0 == pytest.approx(CLOSE_GRACE)
 
 
 async def test_leaving_the_block_with_a_close_that_hangs_is_bounded(
@@ -393,4 +393,4 @@ async def test_leaving_the_block_with_a_close_that_hangs_is_bounded(
             t1 = trio.current_time()
             assert a.running() == frozenset()
     assert transport.bodies[0].close_started.is_set()
-    assert t1 - t0 == pytest.approx(CLEANUP_GRACE)
+    assert t1 - t0 == pytest.approx(CLOSE_GRACE)

@@ -181,12 +181,9 @@ def _model_entries(body: bytes) -> list[_ModelEntry]:
 
 
 def _model_ids(body: bytes) -> list[str]:
-    ids: list[str] = []
-    for entry in _model_entries(body):
-        ident = entry.ident()
-        if ident and ident not in ids:
-            ids.append(ident)
-    return ids
+    """The listed ids, each once, in order (a dict: a hostile 1 MiB list of repeats stays
+    linear, where `not in list` was quadratic)."""
+    return list(dict.fromkeys(i for entry in _model_entries(body) if (i := entry.ident())))
 
 
 async def probe_health(endpoint: Endpoint) -> HealthStatus:

@@ -282,3 +282,22 @@ async def test_background_probe_round_is_bounded_by_max_of_connect_and_probe_int
     assert health.ready is ready
     if not ready:
         assert "no probe answer within 4 s" in health.detail
+
+
+async def test_a_probe_round_asks_health_props_and_engine_version_concurrently(
+    nursery: trio.Nursery, loopback_clock: MockClock
+) -> None:
+    # Every probe GET answers 1.5 s late (each probe makes one or two GETs) and the first probe
+    # may take 4 s (connect): only asked together do health, props and engine_version all come
+    # back within it.
+    up = SlowProbes()
+    up.probe_delay = 1.5
+    await nursery.start(up.serve)
+    timeouts = Timeouts(connect=4.0, first_token=5.0, idle=10.0, total=60.0)
+    with trio.fail_after(DEADLINE):
+        async with open_host([up], timeouts=timeouts) as host:
+            caps = host.capabilities()["p"]
+            up.probe_delay = 0.0
+    assert caps.replicas_ready == 1
+    assert caps.slots_total == up.slots
+    assert caps.engines == ("llama.cpp b1-0c1e570",)

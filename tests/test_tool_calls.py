@@ -30,8 +30,9 @@ from oai_adapter import (
     Token,
     ToolCallDelta,
 )
-from oai_adapter._mappers import ChatMapper, Mapper
+from oai_adapter._mappers import ChatMapper, Mapper, ProtocolError
 from oai_adapter._responses import ResponsesMapper
+from oai_adapter._tools import MAX_CALLS
 from oai_adapter.testing import (
     FakeUpstream,
     Reply,
@@ -415,3 +416,31 @@ def test_arguments_done_after_many_fragments_still_fills_in_only_the_missing_tai
     mapper.feed("", msgspec.json.encode(done | {"arguments": '{"a": [1, 2, 3]}'}), out)
     mapper.feed("", msgspec.json.encode(done | {"arguments": '{"b": [1, 2, 3, 4, 5]}'}), out)
     assert arguments_by_call(out) == {0: '{"a": [1, 2, 3]}'}
+
+
+def _chat_call(call_id: str) -> bytes:
+    call = {"index": 0, "id": call_id, "function": {"name": "f", "arguments": "{}"}}
+    return msgspec.json.encode({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+
+
+def _responses_call(item_id: str) -> bytes:
+    return msgspec.json.encode(
+        {"type": "response.function_call_arguments.delta", "item_id": item_id, "delta": "{}"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("mapper", "make"),
+    [(ChatMapper("t"), _chat_call), (ResponsesMapper("t"), _responses_call)],
+    ids=["chat", "responses"],
+)
+def test_an_upstream_inventing_call_after_call_ends_the_stream_instead_of_growing_the_table(
+    mapper: Mapper, make: Any
+) -> None:
+    """Each distinct call keeps a table entry for the task's life, so their number is capped."""
+    out: list[Event] = []
+    for i in range(MAX_CALLS):
+        mapper.feed("", make(f"call_{i}"), out)
+    assert len({ev.index for ev in out if isinstance(ev, ToolCallDelta)}) == MAX_CALLS
+    with pytest.raises(ProtocolError, match=f"more than {MAX_CALLS} tool calls"):
+        mapper.feed("", make("one_too_many"), out)

@@ -64,12 +64,18 @@ _LEFT: Final = (
 @dataclass(frozen=True, slots=True)
 class EventStreamStatistics:
     """A snapshot of one task's stream: batches (network reads) the reader has sent and the
-    consumer not yet taken (at most `CHANNEL_BATCHES`), Tokens handed out, and whether the
-    reader has finished (its response closed or handed to a background drain)."""
+    consumer not yet taken (at most `CHANNEL_BATCHES`), Tokens handed out, whether the
+    reader has finished (its response closed or handed to a background drain), the attempts
+    it has made (requests sent or tried; `Started.attempt` once started), and whether the retry
+    budget refused its retry after the last failed attempt (the task then ended with that
+    attempt's error). An `AdapterHost` reads the last two after an `End` to count a replica's
+    attempts and to tell "retries used up" from "retry refused"."""
 
     buffered_batches: int
     tokens_delivered: int
     reader_done: bool
+    attempts: int = 0
+    retry_refused: bool = False
 
 
 class EventStream:
@@ -126,6 +132,8 @@ class EventStream:
             buffered_batches=buffered,
             tokens_delivered=self.tokens_delivered,
             reader_done=self._state.done.is_set(),
+            attempts=self._state.attempts,
+            retry_refused=self._state.retry_refused,
         )
 
     def __aiter__(self) -> EventStream:

@@ -54,15 +54,12 @@ from ._hostpool import (
     Replica,
     TaskState,
 )
-from ._stream import EventStream
+from ._stream import BatchStream, EventStream
 
-__all__ = ["CHECKPOINT_EVERY", "MAX_BATCH", "HostEventStream", "HostSubmission"]
+__all__ = ["MAX_BATCH", "HostEventStream", "HostSubmission"]
 
 #: Most events in one list between driver and consumer (two lists at most are buffered).
 MAX_BATCH: Final = 256
-
-#: Events handed out between two checkpoints when the consumer never blocks (as the adapter).
-CHECKPOINT_EVERY: Final = 64
 
 _FINISH: Final = frozenset({"stop", "length", "content_filter", "tool_calls"})
 
@@ -94,97 +91,30 @@ class _Pipe:
             self.open = None
 
 
-class HostEventStream:
-    """`async for ev in events`: the same grammar as the adapter's `EventStream`."""
+class HostEventStream(BatchStream[TaskState]):
+    """`async for ev in events`: the same grammar (and the same iterator) as the adapter's
+    `EventStream`; batches come from the driver through the `_Pipe`."""
 
-    __slots__ = (
-        "_batch",
-        "_delivered",
-        "_finished",
-        "_limit",
-        "_pipe",
-        "_pool",
-        "_pos",
-        "_task",
-        "task_id",
-    )
+    __slots__ = ("_pipe", "_pool")
+
+    _PRODUCER = "the host's driver"
 
     def __init__(self, pool: Pool, task: TaskState, pipe: _Pipe) -> None:
+        super().__init__(task)
         self._pool = pool
-        self._task = task
         self._pipe = pipe
-        self._batch: list[Event] = []
-        self._pos = 0
-        self._limit = 0  # `_batch[_pos:_limit]`: no End, no checkpoint due
-        self._delivered = 0
-        self._finished = False
-        self.task_id = task.task_id
 
-    @property
-    def tokens_delivered(self) -> int:
-        batch = self._batch
-        for i in range(min(self._pos, len(batch)) - 1, -1, -1):
-            event = batch[i]
-            if type(event) is Token:
-                return event.index + 1
-        return self._delivered
+    async def _next_batch(self) -> list[Event]:
+        batch = await self._pipe.receive.receive()
+        self._pipe.taken(batch)
+        return batch
 
-    def __aiter__(self) -> HostEventStream:
-        return self
+    async def _producer_stopped(self) -> None:
+        await self._state.done.wait()  # the driver has left the adapter: upstream closed
 
-    async def __anext__(self) -> Event:
-        pos = self._pos
-        if pos < self._limit and not self._task.cancel_requested:
-            self._pos = pos + 1
-            return self._batch[pos]
-        return await self._refill()
-
-    async def _refill(self) -> Event:
-        if self._finished:
-            raise StopAsyncIteration
-        task = self._task
-        if task.cancel_requested:
-            return await self._cancelled()
-        if self._pos < len(self._batch):
-            if (
-                self._pos >= self._limit
-                and self._pos > 0
-                and type(self._batch[self._pos]) is not End
-            ):
-                await trio.lowlevel.checkpoint()
-                if task.cancel_requested:
-                    return await self._cancelled()
-        else:
-            self._delivered = self.tokens_delivered
-            try:
-                batch = await self._pipe.receive.receive()
-            except trio.EndOfChannel:
-                if task.cancel_requested:
-                    return await self._cancelled()
-                raise RuntimeError("the host's driver ended without an End event") from None
-            self._pipe.taken(batch)
-            self._batch, self._pos = batch, 0
-            if task.cancel_requested:
-                return await self._cancelled()
-        batch, pos = self._batch, self._pos
-        last = len(batch) - 1 if type(batch[-1]) is End else len(batch)
-        self._limit = min(last, pos + CHECKPOINT_EVERY)
-        event = batch[pos]
-        self._pos = pos + 1
-        if type(event) is End:
-            self._close()
-        return event
-
-    async def _cancelled(self) -> End:
-        self._delivered = self.tokens_delivered
-        self._batch, self._pos, self._limit = [], 0, 0
-        await self._task.done.wait()  # the driver has left the adapter: upstream closed
-        self._close()
-        return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
-
-    def _close(self) -> None:
+    def _end(self) -> None:
         self._finished = True
-        self._pool.unregister(self._task)
+        self._pool.unregister(self._state)
 
 
 class HostSubmission:

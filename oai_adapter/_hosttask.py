@@ -54,7 +54,7 @@ from ._hostpool import (
     Replica,
     TaskState,
 )
-from ._stream import BatchStream, EventStream
+from ._stream import BatchStream, EventStream, leave_nursery
 
 __all__ = ["MAX_BATCH", "HostEventStream", "HostSubmission"]
 
@@ -175,19 +175,12 @@ class HostSubmission:
         assert cm is not None
         task.scope.cancel()
         try:
-            await cm.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            # The driver raises nothing of its own: a group holding only what the block raised
-            # is the nursery's wrapping, so the block's own exception goes on unchanged.
-            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                return False
-            raise
+            return await leave_nursery(cm, exc_type, exc, tb)
         finally:
             if self._driver is not None:
                 self._driver.pipe.receive.close()
             self._pool.unregister(task)
             self._pool.running -= 1
-        return None
 
 
 def _outcome(end: End) -> tuple[Outcome, str]:

@@ -45,6 +45,7 @@ __all__ = [
     "EventStream",
     "EventStreamStatistics",
     "Submission",
+    "leave_nursery",
 ]
 
 #: Batches (network reads) buffered between reader and consumer. A read holds at most one
@@ -77,6 +78,27 @@ class EventStreamStatistics:
     reader_done: bool
     attempts: int = 0
     retry_refused: bool = False
+
+
+async def leave_nursery(
+    cm: AbstractAsyncContextManager[trio.Nursery],
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool | None:
+    """Exit a nursery entered by hand in an `__aenter__` (a submit block's, a host's).
+
+    Its own tasks (a reader, a driver, probes) raise nothing of their own — every failure becomes
+    an event — so a group holding only what the block raised is the nursery's wrapping: the
+    block's own exception (a user's error, an outer `Cancelled`) goes on unchanged.
+    """
+    try:
+        await cm.__aexit__(exc_type, exc, tb)
+    except BaseExceptionGroup as group:
+        if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+            return False
+        raise
+    return None
 
 
 class Cancellable(Protocol):
@@ -381,16 +403,8 @@ class Submission:
             stream._close_nowait()  # cancels the reader, narrates, leaves the registry
         state.scope.cancel()
         try:
-            await cm.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            # The reader raises nothing of its own (every failure becomes an `End`), so a
-            # group holding only what the block raised is the nursery's wrapping: let the
-            # block's own exception (a user's error, an outer `Cancelled`) go on unchanged.
-            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                return False
-            raise
+            return await leave_nursery(cm, exc_type, exc, tb)
         finally:
             if self._receive is not None:
                 self._receive.close()
             self._registry.discard(state)
-        return None

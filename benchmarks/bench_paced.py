@@ -144,11 +144,16 @@ class Window:
             "core_share": cpu / wall if wall else float("nan"),
             "tokens_per_s": tokens / wall if wall else 0.0,
             "offered_per_s": self.streams / (step_ms / 1000.0),
-            "lat_p50_ms": percentile(self.lat, 50) * 1e3,
-            "lat_p99_ms": percentile(self.lat, 99) * 1e3,
-            "first_p50_ms": percentile(self.first, 50) * 1e3,
-            "first_p99_ms": percentile(self.first, 99) * 1e3,
+            "lat_p50_ms": _ms(self.lat, 50),
+            "lat_p99_ms": _ms(self.lat, 99),
+            "first_p50_ms": _ms(self.first, 50),
+            "first_p99_ms": _ms(self.first, 99),
         }
+
+
+def _ms(values: list[float], p: float) -> float:
+    """The p-th percentile of seconds, in ms; NaN for none (a client that delivered nothing)."""
+    return percentile(values, p) * 1e3 if values else float("nan")
 
 
 def child(kind: str, port: int, streams: int, step_ms: float, warm: float, window: float) -> Any:

@@ -120,6 +120,11 @@ class WorkerError(Exception):
         return (_rebuild, (self.info(),))
 
 
+class ProtocolError(ValueError):
+    """The upstream sent bytes that are not the event stream we expect (a sans-IO mapper's
+    complaint; the reader turns it into `ErrorKind.PROTOCOL`)."""
+
+
 def _rebuild(info: ErrorInfo) -> WorkerError:
     return info.to_exception()
 

@@ -31,7 +31,14 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import ErrorBody, ErrorKind, WorkerError, error_from_event, make_error
+from ._errors import (
+    ErrorBody,
+    ErrorKind,
+    ProtocolError,
+    WorkerError,
+    error_from_event,
+    make_error,
+)
 from ._events import EndReason, Event, ReasoningDelta, Token
 from ._tools import ToolCalls
 
@@ -44,10 +51,6 @@ __all__ = [
     "nested_too_deeply",
     "usage_count",
 ]
-
-
-class ProtocolError(ValueError):
-    """The upstream sent bytes that are not the event stream we expect."""
 
 
 # --- wire views ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ def hanging_after(tokens: list[str]) -> Reply:
     return Reply(steps=[*steps, Hang()])
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_cancel_mid_stream_ends_cancelled_and_closes_upstream(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -46,6 +47,7 @@ async def test_cancel_mid_stream_ends_cancelled_and_closes_upstream(
     assert adapter.cancel("t") is False
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_cancel_with_full_buffer_and_consumer_that_read_nothing(
     upstream: FakeUpstream,
 ) -> None:
@@ -68,6 +70,7 @@ async def test_cancel_with_full_buffer_and_consumer_that_read_nothing(
         assert adapter.running() == frozenset()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_cancel_after_upstream_finished_but_consumer_behind(upstream: FakeUpstream) -> None:
     # A fast server: the whole answer arrives in one write, before the consumer reads its
     # third token (nginx, hypercorn: FACTS.md).
@@ -89,6 +92,7 @@ async def test_cancel_after_upstream_finished_but_consumer_behind(upstream: Fake
         assert adapter.running() == frozenset()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_cancel_of_unknown_task_returns_false(adapter: OpenAIAdapter) -> None:
     assert adapter.cancel("nope") is False
 
@@ -177,6 +181,7 @@ async def test_exception_in_block_propagates_and_closes_upstream(
     assert adapter.running() == frozenset()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_outer_cancellation_closes_upstream_and_leaks_nothing(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:

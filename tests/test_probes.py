@@ -29,6 +29,7 @@ async def dead_port() -> int:
     return port
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000", "OC-ADAPT-OAI-6010")
 async def test_llama_cpp_shapes(nursery: trio.Nursery) -> None:
     up = await start(nursery, flavor="llama.cpp", slots=4, n_ctx=4096)
     async with OpenAIAdapter(make_config(up)) as adapter:
@@ -46,6 +47,7 @@ async def test_llama_cpp_shapes(nursery: trio.Nursery) -> None:
     )
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000", "OC-ADAPT-OAI-6010")
 async def test_vllm_shapes(nursery: trio.Nursery) -> None:
     up = await start(nursery, flavor="vllm", n_ctx=8192)
     async with OpenAIAdapter(make_config(up, model_digest="sha256:abc")) as adapter:
@@ -62,6 +64,7 @@ async def test_vllm_shapes(nursery: trio.Nursery) -> None:
     )
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6010")
 async def test_openai_like_upstream_without_engine_probes(nursery: trio.Nursery) -> None:
     up = await start(nursery, flavor="openai")
     async with OpenAIAdapter(make_config(up)) as adapter:
@@ -87,6 +90,7 @@ async def test_unlisted_model_is_live_but_not_ready(nursery: trio.Nursery) -> No
     assert "other-model" in health.detail
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_refused_key_is_live_not_ready_without_fallback(nursery: trio.Nursery) -> None:
     up = await start(nursery, api_key="sk-right-key-000000")
     async with OpenAIAdapter(make_config(up, api_key="sk-wrong-key-11111111")) as adapter:
@@ -118,6 +122,7 @@ async def test_loading_model_is_live_not_ready(nursery: trio.Nursery) -> None:
 
 
 @pytest.mark.parametrize("probe", ["health", "props", "engine_version"])
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_down_upstream_never_raises(probe: str) -> None:
     port = await dead_port()
     config = make_config(FakeUpstream(), base_url=f"http://127.0.0.1:{port}/v1")
@@ -135,6 +140,7 @@ async def test_down_upstream_never_raises(probe: str) -> None:
         assert result.version == "unknown"
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6010")
 async def test_engine_version_is_cached_for_log_records(nursery: trio.Nursery) -> None:
     up = await start(nursery)
     async with OpenAIAdapter(make_config(up)) as adapter:

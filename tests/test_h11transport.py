@@ -202,6 +202,7 @@ async def test_server_closing_mid_body_is_a_remote_protocol_error(nursery: trio.
             assert transport.statistics().connections == 0
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_connects_run_concurrently_over_tls_with_alpn_and_sni(
     nursery: trio.Nursery,
 ) -> None:
@@ -256,6 +257,7 @@ async def test_connects_run_concurrently_over_tls_with_alpn_and_sni(
     assert transport.statistics().connects_total == n
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_untrusted_certificate_is_a_connect_error_mapped_to_policy(
     nursery: trio.Nursery,
 ) -> None:

@@ -48,7 +48,6 @@ Invariants:
 from __future__ import annotations
 
 import select
-import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -397,7 +396,7 @@ class H11Transport(httpx2.AsyncBaseTransport):
         sock: trio.abc.Stream | None = None
         try:
             with trio.fail_after(connect_timeout):
-                sock = await _open_tcp(host, port)
+                sock = await trio.open_tcp_stream(host, port)
                 if scheme == "https":
                     tls = sock = trio.SSLStream(
                         sock, self._ssl_context, server_hostname=host, https_compatible=True
@@ -419,24 +418,6 @@ class H11Transport(httpx2.AsyncBaseTransport):
         self._open.add(conn)
         self._connects_total += 1
         return conn
-
-
-async def _open_tcp(host: str, port: int) -> trio.SocketStream:
-    """A TCP connection. An IP address is connected to directly: `trio.open_tcp_stream`'s
-    happy-eyeballs machinery (a nursery, a task per attempt, name resolution) is for names, and
-    costs about as much as the rest of a request's set-up when 1,000 streams open at once."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        socket.inet_pton(family, host)
-    except OSError:
-        return await trio.open_tcp_stream(host, port)  # a name
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        await sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
 
 
 def _close_now(stream: trio.abc.Stream) -> None:

@@ -99,11 +99,13 @@ class _Connection:
             stream = stream.transport_stream
         if not isinstance(stream, trio.SocketStream):
             return False  # not a socket (tests may wrap one): trust it
-        try:
-            readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+        return _readable(stream)
+
+    def plain_readable(self) -> bool:
+        """A plain (non-TLS) socket with bytes (or EOF) waiting: a read returns at once. Over
+        TLS a readable socket may hold part of a record, and a read could wait for the rest."""
+        stream = self.stream
+        return isinstance(stream, trio.SocketStream) and _readable(stream)
 
 
 class H11Body(httpx2.AsyncByteStream):
@@ -174,6 +176,33 @@ class H11Body(httpx2.AsyncByteStream):
             ) from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx2.ReadError(f"reading the response failed: {exc!r}") from exc
+
+    async def end_if_here(self, limit: int) -> bool:
+        """After the server's end marker: parse the body's end if it is already here — in
+        h11's buffer, or waiting on a plain socket (a read that returns at once) — dropping at
+        most `limit` bytes of body before it. Never waits for the server: False when the end is
+        not here yet (or on any error; `aclose()` then closes the connection)."""
+        conn = self._conn
+        if conn is None or self.complete:
+            return self.complete
+        parser = conn.h11
+        dropped = 0
+        try:
+            while True:
+                event = parser.next_event()
+                if type(event) is h11.Data:
+                    dropped += len(event.data)
+                    if dropped > limit:
+                        return False
+                elif type(event) is h11.EndOfMessage:
+                    self.complete = True
+                    return True
+                elif event is h11.NEED_DATA and conn.plain_readable():
+                    parser.receive_data(cast(bytes, await conn.stream.receive_some(READ_SIZE)))
+                else:
+                    return False  # not here yet, or the connection closed
+        except (h11.RemoteProtocolError, OSError, trio.BrokenResourceError):
+            return False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -418,6 +447,15 @@ class H11Transport(httpx2.AsyncBaseTransport):
         self._open.add(conn)
         self._connects_total += 1
         return conn
+
+
+def _readable(stream: trio.SocketStream) -> bool:
+    """Bytes (or EOF, or an error) wait on the socket: a read would return at once."""
+    try:
+        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _close_now(stream: trio.abc.Stream) -> None:

@@ -22,12 +22,13 @@ adapter's own trio deadlines (first token, idle, total), which know what a parse
 A response's whole life is here (STYLE.md 14): `open_stream()` sends and hands back an
 `UpstreamResponse` (status, headers, `next_chunk()`, a bounded error-body read, a bounded drain),
 and closes it, shielded and bounded, when its block is left. A caller that read the upstream's
-end marker (`[DONE]`, a terminal event) calls `keep_connection()`, which hands the body's tail
-to a background drain owned by the `Upstream` (its nursery lives from `open()` to `aclose()`):
-the caller's `End` never waits for it, and the connection still goes back to the pool. The
-drain starts before the caller sends its `End`, so on a server that ends the body with the end
-marker (all of FACTS.md's) it is usually done before the next request looks for a connection;
-that is likely, not certain (two tasks race), and costs a connect when lost. `aclose()` cancels
+end marker (`[DONE]`, a terminal event) calls `finish()`: when the body's end is already
+here (over our HTTP/1.1 transport: parsed, buffered, or waiting on a plain socket — servers
+write the terminator with or right after the end marker) the connection goes back to the pool
+at once, before the caller's `End`, so a next request finds it idle. Otherwise
+`keep_connection()` hands the body's tail to a background drain owned by the `Upstream` (its
+nursery lives from `open()` to `aclose()`): the caller's `End` never waits for it, and the
+connection still goes back to the pool when the tail comes within the drain's bounds. `aclose()` cancels
 every drain still running; each closes its response within `CLOSE_GRACE`. `aclose_now()` ends
 one drain early (a cancel that comes after the upstream finished).
 
@@ -446,6 +447,18 @@ class UpstreamResponse:
         if chunk is None:
             raise StopAsyncIteration
         return chunk
+
+    async def finish(self) -> None:
+        """The upstream said it finished: give the connection back to the pool now when the
+        body's end is already here (over our HTTP/1.1 transport: parsed, buffered, or waiting
+        on the socket — the usual case, since servers write the terminator with or right after
+        the end marker), so the caller's next request finds it idle; else `keep_connection()`
+        (a background drain). Never waits for a server that holds the body open."""
+        body = self._body
+        if body is not None and await body.end_if_here(MAX_DRAIN):
+            await self.aclose()
+            return
+        self.keep_connection()
 
     def keep_connection(self, *, in_background: bool = True) -> None:
         """The upstream said it finished: read the body's tail so the connection goes back to

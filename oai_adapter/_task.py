@@ -21,9 +21,10 @@ attempts, deadlines and events. Given an `Endpoint` and a `Task`, nothing more.
 Invariants: at most one `Started`, and never a retry after it; exactly one `End` unless the
 task was cancelled (then the consumer makes `End(cancelled)`); the upstream response is closed,
 with a bounded, shielded cleanup, before `done` is set — except after the upstream said it
-finished: then `Metrics` and `End` are sent first and the body's tail is drained (and the
-response closed) in the `Upstream`'s background, so `End` never waits for a server that holds
-the body open after `[DONE]`.
+finished: then the connection goes back to the pool at once if the body's end is already here,
+else `Metrics` and `End` are sent first and the body's tail is drained (and the response
+closed) in the `Upstream`'s background, so `End` never waits for a server that holds the body
+open after `[DONE]`.
 """
 
 from __future__ import annotations
@@ -244,10 +245,10 @@ class _Reader:
                     except _Failed as failed:
                         error = failed.error
                     if self.mapper.done:
-                        # The upstream said it finished: the tail is drained in the background
-                        # (started first, to be done before the next request wants the
-                        # connection), and `End` goes now, without waiting for it.
-                        resp.keep_connection()
+                        # The upstream said it finished: the connection goes back to the pool
+                        # now if the body's end is here, else the tail is drained in the
+                        # background; `End` goes now, without waiting for a drain.
+                        await resp.finish()
                         if resp.released:
                             self.task.state.draining = resp
                         await self._finish(error)

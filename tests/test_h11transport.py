@@ -22,7 +22,7 @@ from oai_adapter import ErrorKind
 from oai_adapter._errors import error_from_transport
 from oai_adapter._h11transport import BODY_EXTENSION, H11Body, H11Transport
 from oai_adapter._tls import build_ssl_context, shared_ssl_context
-from oai_adapter.testing import FakeUpstream, Hang, Reply, Reset, Stream
+from oai_adapter.testing import FakeUpstream, Gate, Hang, Reply, Reset, Stream
 
 IO_DEADLINE = 20
 CHAT = b'{"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
@@ -92,6 +92,30 @@ async def test_connection_goes_back_to_the_pool_after_a_clean_end(
                 await response.aclose()
                 assert transport.statistics().idle == 1
             assert transport.statistics().connects_total == 1
+    assert upstream.connections_total == 1
+
+
+async def test_end_if_here_parses_a_waiting_end_and_never_waits_for_one(
+    upstream: FakeUpstream,
+) -> None:
+    terminator_due = trio.Event()
+    upstream.script(Reply(steps=[Stream(), Gate(terminator_due)]))
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            response = await open_chat(client, upstream.base_url)
+            body = body_of(response)
+            data = b""
+            while not data.endswith(b"data: [DONE]\n\n"):
+                data += await body.receive_some()
+            assert not await body.end_if_here(65536)  # the server holds the end: no wait
+            assert not body.complete
+            terminator_due.set()
+            await trio.testing.wait_all_tasks_blocked()  # the terminator is on the socket
+            assert await body.end_if_here(65536)
+            assert body.complete
+            await response.aclose()
+            assert transport.statistics().idle == 1
     assert upstream.connections_total == 1
 
 

@@ -14,7 +14,7 @@ import trio.testing
 
 from oai_adapter import End, Metrics, OpenAIAdapter, Started, TaskRequest
 from oai_adapter._http import DRAIN_GRACE
-from oai_adapter.testing import FakeUpstream, Hang, Reply, Send, render_stream, sse
+from oai_adapter.testing import FakeUpstream, Gate, Hang, Reply, Send, Stream, render_stream, sse
 
 from .conftest import IO_DEADLINE, make_config
 
@@ -127,3 +127,45 @@ async def test_a_cancel_after_the_upstream_finished_closes_the_held_response_bef
                 assert end.reason == "cancelled"
                 assert adapter.statistics().draining == 0
                 assert adapter.upstream.statistics().connections == 0
+
+
+async def test_sequential_tasks_reuse_one_connection_without_waiting_for_drains(
+    upstream: FakeUpstream,
+) -> None:
+    # The body's end arrives with (or right after) `[DONE]`: the connection goes back to the
+    # pool before `End`, so the next task, started at once, finds it idle.
+    async with OpenAIAdapter(make_config(upstream)) as adapter:
+        for i in range(50):
+            events = await run(adapter, f"s-{i}")
+            end = events[-1]
+            assert isinstance(end, End)
+            assert end.reason == "stop"
+        stats = adapter.upstream.statistics()
+        assert (stats.connections, stats.idle_connections) == (1, 1)
+    assert upstream.connections_total == 1
+    assert len(upstream.completion_requests()) == 50
+
+
+async def test_finish_gives_the_connection_back_at_once_when_the_body_end_is_on_the_socket(
+    upstream: FakeUpstream,
+) -> None:
+    # `[DONE]` read, the chunked terminator sent after it (held by a gate until then): once it
+    # waits on the socket, `finish()` reads it and the connection is idle before `finish`
+    # returns, with no background drain (the caller's `End` comes after this).
+    terminator_due = trio.Event()
+    upstream.script(Reply(steps=[Stream(), Gate(terminator_due)]))
+    async with OpenAIAdapter(make_config(upstream)) as adapter:
+        up = adapter.upstream
+        with trio.fail_after(IO_DEADLINE):
+            async with up.open_stream(up.url("/chat/completions"), json=b"{}") as resp:
+                data = b""
+                while not data.endswith(b"data: [DONE]\n\n"):
+                    chunk = await resp.next_chunk()
+                    assert chunk is not None
+                    data += chunk
+                assert not resp.ended
+                terminator_due.set()
+                await trio.testing.wait_all_tasks_blocked()  # the server wrote the terminator
+                await resp.finish()
+                stats = up.statistics()
+                assert (stats.draining, stats.connections, stats.idle_connections) == (0, 1, 1)

@@ -14,7 +14,8 @@ tests prove that a cancel closed the upstream response.
 The steps on this wire: `Send` is one write (a chunk of the chunked body; before the status line,
 raw bytes); `Reset` and `ResetStream` abort the connection with a TCP RST (HTTP/1.1 cannot reset
 one response); `GoAway` closes the connection once the response is done; `UpdateSettings` means
-nothing here. The response ends with the chunked body's terminator after the last step.
+nothing here. The response ends with the chunked body's terminator: in the same write as the
+last step when that is a `Send` (as real servers write it), else after the last step.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class FakeUpstream(Responder):
                 try:
                     if not await play(steps, wire):
                         return False
-                    if not raw:
+                    if not raw and conn.our_state is not h11.DONE:  # not sent with the last step
                         await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     gone = True
@@ -240,8 +241,16 @@ class _H11Wire:
         self.keep = True  # the connection may serve the next request
 
     async def send(self, data: bytes, *, last: bool) -> None:
-        """One write: a chunk of the chunked body, or raw bytes before the status line."""
-        await self.stream.send_all(data if self.raw else self.conn.send(h11.Data(data=data)) or b"")
+        """One write: a chunk of the chunked body, or raw bytes before the status line. The
+        last step's chunk carries the body's terminator in the same write, as real servers
+        send it (FACTS.md: the terminator comes in the same segment as `[DONE]`)."""
+        if self.raw:
+            await self.stream.send_all(data)
+            return
+        out = self.conn.send(h11.Data(data=data)) or b""
+        if last:
+            out += self.conn.send(h11.EndOfMessage()) or b""
+        await self.stream.send_all(out)
 
     def reset_connection(self) -> None:
         abort(self.sock)

@@ -43,6 +43,7 @@ of a LiteLLM proxy with hundreds of models is ~100 KiB.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ __all__ = [
     "parse_url",
     "parsed_url_count",
 ]
+
+#: httpx2's logger: its request line is written for requests that skip `AsyncClient.send`.
+_httpx2_log: Final = logging.getLogger("httpx2")
 
 #: Headers whose value names the upstream's request id, most specific first.
 REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-litellm-call-id", "x-trace-id")
@@ -299,7 +303,33 @@ class Upstream:
 
     async def send(self, request: httpx2.Request, *, stream: bool) -> httpx2.Response:
         """Send; a redirect is never followed (the caller sees the 3xx and maps it)."""
+        transport = self.transport
+        if stream and type(transport) is H11Transport:
+            return await self._send_h11(transport, request)
         return await self.client.send(request, stream=stream, follow_redirects=False)
+
+    async def _send_h11(self, transport: H11Transport, request: httpx2.Request) -> httpx2.Response:
+        """A streamed request straight to our HTTP/1.1 transport, without httpx2's send layers
+        (auth and redirect generators, the byte-counting stream wrapper; ≈ 4 coroutine frames
+        per open stream and part of the set-up CPU, docs/performance.md). Kept from
+        `AsyncClient._send_single_request`: the request on the transport's exceptions and on the
+        response, the cookie jar, and httpx2's own request line on its logger."""
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx2.RequestError as exc:
+            exc.request = request
+            raise
+        response.request = request
+        self.client.cookies.extract_cookies(response)
+        _httpx2_log.info(
+            'HTTP Request: %s %s "%s %d %s"',
+            request.method,
+            request.url,
+            response.http_version,
+            response.status_code,
+            response.reason_phrase,
+        )
+        return response
 
     async def get(self, url: str) -> tuple[int, httpx2.Headers, bytes]:
         """A small GET (probes): status, headers and the body, at most `MAX_PROBE_BYTES`."""
@@ -399,7 +429,6 @@ class UpstreamResponse:
     _closed: trio.Event
 
     def __init__(self, response: httpx2.Response, upstream: Upstream) -> None:
-        self._response = response
         self._upstream = upstream
         self.status = response.status_code
         self.headers = response.headers
@@ -411,9 +440,14 @@ class UpstreamResponse:
         #: `await resp.receive()`: the body bytes of the next network read, `b""` at its end.
         #: Over our HTTP/1.1 transport it is the transport's own read (no httpx2 layers).
         self.receive: Callable[[], Awaitable[bytes]]
+        # Over our HTTP/1.1 transport the body is all a running stream needs: httpx2's
+        # `Response` and the `Request` it holds (≈ 2 KB with their headers, docs/performance.md)
+        # are not kept; the body's `aclose()` closes it. Otherwise the response is closed.
+        self._response: httpx2.Response | None = None
         if body is not None:
             self.receive = body.receive_some
         else:
+            self._response = response
             self._chunks = chunks = response.aiter_raw()
             self._next = chunks.__anext__
             self.receive = self._receive_iterated
@@ -521,7 +555,10 @@ class UpstreamResponse:
             try:
                 if self._chunks is not None:
                     await self._chunks.aclose()  # type: ignore[attr-defined]
-                await self._response.aclose()
+                if self._response is not None:
+                    await self._response.aclose()
+                elif self._body is not None:
+                    await self._body.aclose()
             except (httpx2.HTTPError, OSError):
                 pass
 

@@ -112,7 +112,7 @@ class H11Body(httpx2.AsyncByteStream):
     """A response body read straight off its connection. `receive_some()` per network read;
     `aclose()` returns the connection to the pool after a clean end, else closes it."""
 
-    __slots__ = ("_conn", "_done", "_read_timeout", "_transport", "complete")
+    __slots__ = ("_conn", "_done", "_need_data", "_read_timeout", "_transport", "complete")
 
     def __init__(
         self, transport: H11Transport, conn: _Connection, read_timeout: float | None
@@ -122,6 +122,9 @@ class H11Body(httpx2.AsyncByteStream):
         self._read_timeout = read_timeout
         self._done = False  # closed: nothing more to read
         self.complete = False  # the response's end was read (h11 EndOfMessage)
+        # h11 said NEED_DATA when the last read's bytes were returned: the next call reads the
+        # socket first instead of asking h11 again (one `next_event` less per network read).
+        self._need_data = False
 
     async def receive_some(self) -> bytes:
         """The body bytes of the next network read; `b""` once the body has ended."""
@@ -130,14 +133,21 @@ class H11Body(httpx2.AsyncByteStream):
             return b""
         parser = conn.h11
         data = b""
+        need_data = self._need_data
+        self._need_data = False
         try:
             while True:
-                event = parser.next_event()
+                if need_data:
+                    event: object = h11.NEED_DATA
+                    need_data = False
+                else:
+                    event = parser.next_event()
                 if type(event) is h11.Data:
                     data = data + event.data if data else bytes(event.data)
                     continue
                 if event is h11.NEED_DATA:
                     if data:
+                        self._need_data = True
                         return data
                     if self._read_timeout is not None:
                         parser.receive_data(await self._read(conn))
@@ -186,6 +196,7 @@ class H11Body(httpx2.AsyncByteStream):
         if conn is None or self.complete:
             return self.complete
         parser = conn.h11
+        self._need_data = False  # bytes may be added to h11's buffer here: ask it again after
         dropped = 0
         try:
             while True:

@@ -27,6 +27,14 @@ from ._events import Started as Started
 from ._events import Token as Token
 from ._events import ToolCallDelta as ToolCallDelta
 from ._events import WorkerProps as WorkerProps
+from ._host import AdapterHost as AdapterHost
+from ._hostpolicy import HostPolicy as HostPolicy
+from ._hoststats import HostStatistics as HostStatistics
+from ._hoststats import PoolCapabilities as PoolCapabilities
+from ._hoststats import PoolHealth as PoolHealth
+from ._hoststats import PoolStatistics as PoolStatistics
+from ._hoststats import ReplicaStatistics as ReplicaStatistics
+from ._hoststats import ReplicaStatus as ReplicaStatus
 from ._redact import Secret as Secret
 from ._stream import EventStream as EventStream
 
@@ -34,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterConfig",
+    "AdapterHost",
     "AdapterStatistics",
     "End",
     "EngineVersion",
@@ -42,9 +51,16 @@ __all__ = [
     "Event",
     "EventStream",
     "HealthStatus",
+    "HostPolicy",
+    "HostStatistics",
     "Metrics",
     "OpenAIAdapter",
+    "PoolCapabilities",
+    "PoolHealth",
+    "PoolStatistics",
     "ReasoningDelta",
+    "ReplicaStatistics",
+    "ReplicaStatus",
     "RetryBudget",
     "RetryBudgetStatistics",
     "RetryPolicy",

@@ -39,8 +39,10 @@ import argparse
 import csv
 import gc
 import hashlib
+import math
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -59,7 +61,10 @@ if ROOT not in sys.path:
 
 from oai_adapter import (  # noqa: E402
     AdapterConfig,
+    AdapterHost,
     End,
+    HostPolicy,
+    Metrics,
     OpenAIAdapter,
     RetryPolicy,
     Started,
@@ -95,8 +100,10 @@ REPLIES_AHEAD = 1_000
 #: After a rebind, the old upstream must have no connection left within drain + this grace.
 RETIRE_GRACE = 5.0
 #: A task that has not ended after this long (seconds) is a violation (the config's `total`
-#: timeout is 10 s; failovers under a host stay within it).
-TASK_DEADLINE = 30.0
+#: timeout is 20 s; failovers under a host stay within it).
+TASK_DEADLINE = 40.0
+#: Latencies kept for the percentiles (a uniform reservoir: the memory stays flat).
+RESERVOIR = 10_000
 
 #: The answer mix, per completion request (weights in %).
 FAULTS: dict[str, int] = {
@@ -108,7 +115,10 @@ FAULTS: dict[str, int] = {
     "malformed": 4,
 }
 
-TIMEOUTS = Timeouts(connect=2.0, first_token=5.0, idle=0.2, total=10.0)
+#: `idle` cuts a stall; the others are generous, because on a shared 2-core machine 200 streams
+#: and their upstreams in one process see seconds of queueing (the host's background probes are
+#: bounded by max(`connect`, `probe_interval`): a probe that times out marks a replica not ready).
+TIMEOUTS = Timeouts(connect=5.0, first_token=10.0, idle=0.2, total=20.0)
 RETRY = RetryPolicy(max_attempts=2, base=0.01, cap=0.1)
 
 
@@ -126,6 +136,9 @@ def coalesced(steps: Sequence[Step]) -> Reply:
         else:
             out.append(step)
     return Reply(steps=out)
+
+
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
 
 def random_reply(name: str, rng: random.Random) -> Reply:
@@ -388,6 +401,66 @@ async def open_adapter_pool() -> AsyncIterator[AdapterPool]:
             pool.close()
 
 
+class HostPool:
+    """The pool under test: one pool of an `AdapterHost`."""
+
+    def __init__(self, host: AdapterHost) -> None:
+        self.host = host
+
+    async def bind(self, replica_id: str, config: AdapterConfig) -> None:
+        await self.host.bind(POOL, replica_id, config)
+
+    def submit(self, req: TaskRequest) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+        return self.host.submit(POOL, req)
+
+    def cancel(self, task_id: str) -> bool:
+        return self.host.cancel(POOL, task_id)
+
+    def registries(self) -> dict[str, int]:
+        stats = self.host.statistics().pools.get(POOL)
+        if stats is None:
+            return {}
+        counts = {"host.running": stats.running}
+        for replica_id, replica in stats.replicas.items():
+            counts[f"host.{replica_id}.running"] = replica.running
+        return counts
+
+    def counters(self) -> dict[str, int]:
+        stats = self.host.statistics().pools[POOL]
+        return {
+            "submitted": stats.submitted,
+            "failovers": stats.failovers,
+            "budget_refused": stats.budget_refused,
+            "replica_failures": sum(r.failures for r in stats.replicas.values()),
+        }
+
+
+#: Short periods, so breakers open and close, probes run and drains end many times a run.
+POLICY = HostPolicy(breaker_open=0.2, breaker_open_max=1.0, probe_interval=0.5, drain_timeout=1.0)
+
+
+def live_adapters() -> list[OpenAIAdapter]:
+    """Every `OpenAIAdapter` object alive in this process (the host keeps its own out of
+    reach; their registries are read through their public `statistics()`)."""
+    return [obj for obj in gc.get_objects() if isinstance(obj, OpenAIAdapter)]
+
+
+def deep_look(pool: Pool | None) -> dict[str, int]:
+    """The costly part of a sample, taken at 20 %, 50 %, 100 % and after the pool: objects the
+    garbage collector tracks (after a collection), `OpenAIAdapter`s alive and the tasks in
+    their registries, and the pool's registries."""
+    gc.collect()
+    adapters = live_adapters()
+    look = {
+        "gc_objects": len(gc.get_objects()),
+        "adapters_alive": len(adapters),
+        "adapters_running": sum(adapter.statistics().running for adapter in adapters),
+    }
+    if pool is not None:
+        look |= pool.registries()
+    return look
+
+
 # --- the replicas ------------------------------------------------------------------------
 
 
@@ -511,7 +584,11 @@ class Report:
     affinity_kept: int = 0
     affinity_repeat: int = 0
     scripted: Counter[str] = field(default_factory=Counter)
-    gc_objects: dict[str, int] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, int]] = field(default_factory=dict)
+    messages: Counter[str] = field(default_factory=Counter)  # error messages, digits as N
+    ttft_ms: list[float] = field(default_factory=list)  # reservoirs over the finished tasks
+    duration_ms: list[float] = field(default_factory=list)
+    finished: int = 0
     wall: float = 0.0
 
     def at(self, share: float) -> Sample | None:
@@ -548,6 +625,9 @@ def verdict(report: Report, *, check_rss: bool = True) -> list[str]:
             )
         if after.connections:
             reasons.append(f"{after.connections} upstream connections still open after the pool")
+    alive = report.checkpoints.get("after", {}).get("adapters_alive", 0)
+    if alive:
+        reasons.append(f"{alive} OpenAIAdapter objects still alive after the pool was left")
     busy = {k: v for k, v in report.registries_at_end.items() if v}
     if busy:
         reasons.append(f"registries not empty at the end: {busy}")
@@ -567,6 +647,7 @@ async def soak(opts: Options) -> Report:
     next_plot = [0.0]
     next_print = [0.0]
     last_replica: dict[str, str] = {}
+    checkpoints = [0.2, 0.5, 1.0]
 
     async with trio.open_nursery() as outer:
         replicas = Replicas(outer, opts.seed)
@@ -605,6 +686,10 @@ async def soak(opts: Options) -> Report:
                     echo(s.line(opts.tasks))
                     next_print[0] += opts.print_every
                 next_plot[0] += opts.plot_every
+            while checkpoints and share >= checkpoints[0] - 1e-9:
+                label = f"{checkpoints.pop(0):.0%}"
+                report.checkpoints[label] = deep_look(pool)
+                echo(f"[{label:>8}] {report.checkpoints[label]}")
 
         async def one(pool: Pool, i: int, session: str, cancel: bool) -> None:
             task_id = f"t{i}"
@@ -629,9 +714,25 @@ async def soak(opts: Options) -> Report:
                 if len(report.examples) < 10:
                     report.examples.append(f"{task_id}: {problem}; events {out.events[:4]!r}…")
             end = out.events[-1] if out.events else None
+            metrics = out.events[-2] if len(out.events) >= 2 else None
+            if isinstance(metrics, Metrics) and isinstance(end, End) and end.reason == "stop":
+                report.finished += 1
+                slot = report.finished - 1
+                if slot >= RESERVOIR:
+                    slot = rng.randrange(report.finished)
+                if slot < RESERVOIR:
+                    ttft = metrics.ttft_ms if metrics.ttft_ms is not None else math.nan
+                    if slot == len(report.ttft_ms):
+                        report.ttft_ms.append(ttft)
+                        report.duration_ms.append(metrics.duration_ms)
+                    else:
+                        report.ttft_ms[slot] = ttft
+                        report.duration_ms[slot] = metrics.duration_ms
             if isinstance(end, End):
                 kind = end.error.kind if end.error is not None else end.reason
                 report.outcomes[str(kind)] += 1
+                if end.error is not None and len(report.messages) < 1000:
+                    report.messages[f"{kind}: {_DIGITS.sub('N', end.error.message)}"] += 1
             first = out.events[0] if out.events else None
             if isinstance(first, Started) and first.replica_id is not None:
                 before = last_replica.get(session)
@@ -664,7 +765,7 @@ async def soak(opts: Options) -> Report:
                 replicas.retire(replica_id, old, within)
                 report.rebinds += 1
 
-        async with open_pool(opts.mode) as (pool, drain):
+        async with open_pool(opts.mode, opts.seed) as (pool, drain):
             for replica_id in REPLICAS:
                 await pool.bind(replica_id, config_for(replicas.live[replica_id], replica_id))
             progress(pool)
@@ -675,9 +776,11 @@ async def soak(opts: Options) -> Report:
                         workers.start_soon(worker, pool)
                 load.cancel_scope.cancel()
             report.registries_at_end = pool.registries()
+            report.registries_at_end["adapters.running"] = sum(
+                adapter.statistics().running for adapter in live_adapters()
+            )
             report.counters = pool.counters()
-            gc.collect()
-            report.gc_objects["end"] = len(gc.get_objects())
+        del pool
         # The pool is left: its adapters are closed. Retire what is still retiring, stop
         # nothing that is live, and wait for the upstreams to see every connection closed.
         with trio.move_on_after(RETIRE_GRACE):
@@ -689,6 +792,8 @@ async def soak(opts: Options) -> Report:
         report.after_tasks = trio_tasks()
         report.after = sample("after", None)
         echo(report.after.line(opts.tasks))
+        report.checkpoints["after"] = deep_look(None)
+        echo(f"[{'after':>8}] {report.checkpoints['after']}")
         report.failures.extend(replicas.failures)
         report.scripted = replicas.scripted()
         for upstream in list(replicas.live.values()):
@@ -698,13 +803,17 @@ async def soak(opts: Options) -> Report:
 
 
 @asynccontextmanager
-async def open_pool(mode: str) -> AsyncIterator[tuple[Pool, float]]:
+async def open_pool(mode: str, seed: int) -> AsyncIterator[tuple[Pool, float]]:
     """The pool under test and its drain timeout (seconds)."""
     if mode == "adapter":
         async with open_adapter_pool() as pool:
             yield pool, TIMEOUTS.total
         return
-    raise ValueError(f"unknown mode {mode!r}")
+    if mode != "host":
+        raise ValueError(f"unknown mode {mode!r}")
+    async with AdapterHost(POLICY) as host:
+        host.rng.seed(seed)
+        yield HostPool(host), POLICY.drain_timeout
 
 
 # --- output ------------------------------------------------------------------------------
@@ -718,6 +827,13 @@ def summary(report: Report) -> list[str]:
     lines.append(f"outcomes: {parts}")
     scripted = ", ".join(f"{k} {v:,}" for k, v in report.scripted.most_common())
     lines.append(f"answers scripted on the upstreams (incl. unused ahead): {scripted}")
+    if report.duration_ms:
+        ttft, dur = sorted(report.ttft_ms), sorted(report.duration_ms)
+        lines.append(
+            f"finished tasks: TTFT p50 {_pct(ttft, 50):.0f} ms, p99 {_pct(ttft, 99):.0f} ms; "
+            f"duration p50 {_pct(dur, 50):.0f} ms, p99 {_pct(dur, 99):.0f} ms; "
+            f"{report.finished / report.wall:.0f} tasks/s over {report.wall:.0f} s"
+        )
     counters = ", ".join(f"{k} {v:,}" for k, v in report.counters.items())
     lines.append(f"pool ({opts.mode}): {counters}; rebinds {report.rebinds}")
     if report.affinity_repeat:
@@ -725,11 +841,17 @@ def summary(report: Report) -> list[str]:
             f"affinity: {report.affinity_kept / report.affinity_repeat:.1%} of "
             f"{report.affinity_repeat:,} repeat-session tasks served by the session's previous replica"
         )
-    if report.gc_objects:
-        lines.append(f"gc objects at the end: {report.gc_objects}")
+    for message, count in report.messages.most_common(8):
+        lines.append(f"  {count:7,} × {message[:160]}")
+    for label, look in report.checkpoints.items():
+        lines.append(f"at {label}: {look}")
     for example in report.examples:
         lines.append(f"violation: {example}")
     return lines
+
+
+def _pct(ordered: Sequence[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def verdict_line(report: Report, reasons: Sequence[str]) -> str:

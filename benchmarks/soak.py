@@ -45,6 +45,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -97,13 +98,18 @@ RSS_GROWTH_LIMIT = 0.10
 #: Replies queued ahead on each upstream; every attempt takes one. Kept topped up rather than
 #: scripted for the whole run, so the queue's own memory is flat.
 REPLIES_AHEAD = 1_000
-#: After a rebind, the old upstream must have no connection left within drain + this grace.
-RETIRE_GRACE = 5.0
+#: After a rebind, the old upstream must have no connection left within the drain timeout +
+#: this: the host's eviction grace (2 s) and client close (1 s) plus the seconds of scheduling
+#: delay a loaded 2-core machine adds. A socket the adapter forgot to close would be closed
+#: only by the garbage collector: that shows as a `ResourceWarning`, counted as a failure.
+RETIRE_GRACE = 15.0
 #: A task that has not ended after this long (seconds) is a violation (the config's `total`
 #: timeout is 20 s; failovers under a host stay within it).
 TASK_DEADLINE = 40.0
 #: Latencies kept for the percentiles (a uniform reservoir: the memory stays flat).
 RESERVOIR = 10_000
+#: Seconds without a task ending (or a phase moving on) after which the run is declared stuck.
+STUCK_AFTER = 120.0
 
 #: The answer mix, per completion request (weights in %).
 FAULTS: dict[str, int] = {
@@ -445,6 +451,20 @@ def live_adapters() -> list[OpenAIAdapter]:
     return [obj for obj in gc.get_objects() if isinstance(obj, OpenAIAdapter)]
 
 
+def adapters_of(upstream: FakeUpstream) -> list[str]:
+    """The adapters alive for this upstream: open or closed, and their running tasks."""
+    found = []
+    for adapter in live_adapters():
+        if adapter.config.base_url == upstream.base_url:
+            try:
+                adapter.upstream  # noqa: B018 - raises once the adapter is closed
+                state = "open"
+            except RuntimeError:
+                state = "closed"
+            found.append(f"{state}, {adapter.statistics().running} running")
+    return found
+
+
 def deep_look(pool: Pool | None) -> dict[str, int]:
     """The costly part of a sample, taken at 20 %, 50 %, 100 % and after the pool: objects the
     garbage collector tracks (after a collection), `OpenAIAdapter`s alive and the tasks in
@@ -477,6 +497,7 @@ class Replicas:
         self.scopes: dict[FakeUpstream, trio.CancelScope] = {}
         self.failures: list[str] = []
         self.retired = 0
+        self._retired = trio.lowlevel.ParkingLot()
 
     async def start(self, replica_id: str) -> FakeUpstream:
         upstream = FakeUpstream(tokens=TOKENS, slots=100)
@@ -510,7 +531,20 @@ class Replicas:
         self.retiring.add(old)
         self._nursery.start_soon(self._retire, replica_id, old, within)
 
+    async def wait_retired(self) -> None:
+        """Wait until every upstream rebound from is stopped."""
+        while self.retiring:
+            await self._retired.park()
+
     async def _retire(self, replica_id: str, old: FakeUpstream, within: float) -> None:
+        try:
+            await self._retire_quietly(replica_id, old, within)
+        finally:
+            self.stop(old)
+            self.retired += 1
+            self._retired.unpark_all()
+
+    async def _retire_quietly(self, replica_id: str, old: FakeUpstream, within: float) -> None:
         at = trio.current_time()
         with trio.move_on_after(within) as waited:
             await old.wait_quiet()
@@ -518,10 +552,8 @@ class Replicas:
             self.failures.append(
                 f"{replica_id}: the upstream it was rebound from at t={at:.1f}s still had "
                 f"{old.connections_open} connections and {old.streams_open} streams "
-                f"{within:.0f} s later"
+                f"{within:.0f} s later; its adapters: {adapters_of(old) or 'none alive'}"
             )
-        self.stop(old)
-        self.retired += 1
 
     def stop(self, upstream: FakeUpstream) -> None:
         self.scopes.pop(upstream).cancel()
@@ -585,6 +617,9 @@ class Report:
     affinity_repeat: int = 0
     scripted: Counter[str] = field(default_factory=Counter)
     checkpoints: dict[str, dict[str, int]] = field(default_factory=dict)
+    unclosed: list[str] = field(default_factory=list)  # ResourceWarnings: closed only by GC
+    phase: str = "start"  # for the watchdog: what the run is doing, and since when
+    beat: float = 0.0
     messages: Counter[str] = field(default_factory=Counter)  # error messages, digits as N
     ttft_ms: list[float] = field(default_factory=list)  # reservoirs over the finished tasks
     duration_ms: list[float] = field(default_factory=list)
@@ -631,13 +666,66 @@ def verdict(report: Report, *, check_rss: bool = True) -> list[str]:
     busy = {k: v for k, v in report.registries_at_end.items() if v}
     if busy:
         reasons.append(f"registries not empty at the end: {busy}")
+    if report.unclosed:
+        reasons.append(f"resources closed only by the garbage collector: {report.unclosed}")
     reasons.extend(report.failures)
     return reasons
 
 
+class Stuck(Exception):
+    """No task ended and no phase moved on for `STUCK_AFTER` seconds."""
+
+
+def task_tree() -> list[str]:
+    """Every living trio task with where it waits (its innermost frames), identical lines
+    counted once: what a hang report needs."""
+    lines: Counter[str] = Counter()
+
+    def walk(task: trio.lowlevel.Task, depth: int) -> None:
+        frames = [
+            f"{os.path.basename(f.f_code.co_filename)}:{lineno} {f.f_code.co_name}"
+            for f, lineno in task.iter_await_frames()
+        ]
+        lines["  " * depth + f"{task.name} @ " + " > ".join(frames[-4:])] += 1
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    walk(trio.lowlevel.current_root_task(), 0)
+    return [f"{n:4} × {line}" for line, n in lines.items()]
+
+
 async def soak(opts: Options) -> Report:
-    """Run the soak; the caller prints the verdict (`verdict(report)`)."""
+    """Run the soak; the caller prints the verdict (`verdict(report)`). A run that stops
+    making progress for `STUCK_AFTER` seconds prints its task tree and raises `Stuck`."""
     report = Report(opts)
+    report.beat = trio.current_time()
+
+    async def watchdog() -> None:
+        while True:
+            await trio.sleep(STUCK_AFTER / 4)
+            if trio.current_time() - report.beat > STUCK_AFTER:
+                for line in task_tree():
+                    opts.echo(line)
+                raise Stuck(f"no progress for {STUCK_AFTER:.0f} s in phase {report.phase!r}")
+
+    def unclosed(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if len(report.unclosed) < 10:
+            report.unclosed.append(f"{category.__name__}: {message}")
+        else:
+            report.unclosed[-1] = f"… and more ({category.__name__}: {message})"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ResourceWarning)
+        warnings.showwarning = unclosed
+        async with trio.open_nursery() as guard:
+            guard.start_soon(watchdog)
+            await _soak(opts, report)
+            guard.cancel_scope.cancel()
+    return report
+
+
+async def _soak(opts: Options, report: Report) -> None:
     rng = random.Random(opts.seed)
     echo = opts.echo
     start = trio.current_time()
@@ -648,6 +736,9 @@ async def soak(opts: Options) -> Report:
     next_print = [0.0]
     last_replica: dict[str, str] = {}
     checkpoints = [0.2, 0.5, 1.0]
+
+    def phase(name: str) -> None:
+        report.phase, report.beat = name, trio.current_time()
 
     async with trio.open_nursery() as outer:
         replicas = Replicas(outer, opts.seed)
@@ -750,6 +841,7 @@ async def soak(opts: Options) -> Report:
                 replicas.top_up()
                 await one(pool, i, session, cancel)
                 done[0] += 1
+                report.beat = trio.current_time()
                 progress(pool)
 
         async def rebinder(pool: Pool, within: float) -> None:
@@ -765,7 +857,9 @@ async def soak(opts: Options) -> Report:
                 replicas.retire(replica_id, old, within)
                 report.rebinds += 1
 
+        phase("opening the pool")
         async with open_pool(opts.mode, opts.seed) as (pool, drain):
+            phase("binding")
             for replica_id in REPLICAS:
                 await pool.bind(replica_id, config_for(replicas.live[replica_id], replica_id))
             progress(pool)
@@ -780,15 +874,17 @@ async def soak(opts: Options) -> Report:
                 adapter.statistics().running for adapter in live_adapters()
             )
             report.counters = pool.counters()
+            phase("leaving the pool")
         del pool
-        # The pool is left: its adapters are closed. Retire what is still retiring, stop
-        # nothing that is live, and wait for the upstreams to see every connection closed.
+        # The pool is left: its adapters are closed. The upstreams rebound from must go quiet
+        # (each within its own bound), and the live ones see every connection closed.
+        phase("waiting for the upstreams")
+        await replicas.wait_retired()
         with trio.move_on_after(RETIRE_GRACE):
-            for upstream in (*replicas.live.values(), *replicas.retiring):
+            for upstream in replicas.live.values():
                 await upstream.wait_quiet()
-        for upstream in list(replicas.retiring):
-            replicas.stop(upstream)
         await trio.testing.wait_all_tasks_blocked()
+        phase("after")
         report.after_tasks = trio_tasks()
         report.after = sample("after", None)
         echo(report.after.line(opts.tasks))
@@ -799,7 +895,6 @@ async def soak(opts: Options) -> Report:
         for upstream in list(replicas.live.values()):
             replicas.stop(upstream)
     report.wall = time.monotonic() - wall_start
-    return report
 
 
 @asynccontextmanager

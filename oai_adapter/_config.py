@@ -13,17 +13,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import ssl
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import httpx2
 
 from ._redact import Secret, is_credential_name, redact
-from ._tls import build_ssl_context
+from ._tls import shared_ssl_context
 
-__all__ = ["AdapterConfig", "RetryPolicy", "TaskRequest", "Timeouts"]
+__all__ = ["AdapterConfig", "RetryPolicy", "TaskRequest", "Timeouts", "dropped_credential"]
 
 Api = Literal["chat", "completions", "responses"]
 _APIS = ("chat", "completions", "responses")
@@ -162,7 +164,7 @@ class AdapterConfig:
             if not isinstance(self.ca_bundle, str) or not os.path.isfile(self.ca_bundle):
                 raise ValueError(f"AdapterConfig.ca_bundle: no such file {self.ca_bundle!r}")
             try:
-                build_ssl_context(self.ca_bundle)
+                shared_ssl_context(self.ca_bundle)  # validates, and warms the cache
             except (ssl.SSLError, OSError) as exc:
                 raise ValueError(
                     f"AdapterConfig.ca_bundle: not a PEM file of CA certificates ({exc})"
@@ -177,7 +179,7 @@ class AdapterConfig:
             raise ValueError("AdapterConfig.allowed_hosts: must be a collection of host names")
         if not all(isinstance(h, str) for h in hosts):
             raise ValueError("AdapterConfig.allowed_hosts: host names must be str")
-        hosts = frozenset(h.strip().lower().strip("[]") for h in hosts)
+        hosts = frozenset(_normal_host(h) for h in hosts)
         if not hosts or "" in hosts:
             raise ValueError("AdapterConfig.allowed_hosts: must name at least one host")
         set_(self, "allowed_hosts", hosts)
@@ -215,10 +217,56 @@ class AdapterConfig:
     def host(self) -> str:
         return httpx2.URL(self.base_url).host
 
+    def __getstate__(self) -> list[Any]:
+        # Pickling drops the credentials: the key (its `Secret` pickles as its fingerprint) and
+        # a proxy URL's password (written as its fingerprint, `user:****<fp6>@host`); an
+        # adapter refuses to open with either (`dropped_credential`).
+        state = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return [
+            redact(v) if f.name == "proxy" and v else v
+            for f, v in zip(dataclasses.fields(self), state, strict=True)
+        ]
+
     def __repr__(self) -> str:
         # `api_key` shows its fingerprint; redaction also hides a proxy URL's password.
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return redact(f"AdapterConfig({fields})")
+
+
+#: A proxy password replaced by its fingerprint when its config was pickled.
+_DROPPED_PASSWORD: Final = re.compile(r"\*\*\*\*[0-9a-f]{6}")
+
+
+def dropped_credential(config: AdapterConfig) -> str | None:
+    """Why `config` cannot be used to open an adapter — a credential dropped when it was
+    pickled (the key, a proxy's password) — or None."""
+    key = config.api_key
+    if key is not None and key.dropped:
+        return (
+            f"AdapterConfig.api_key: {key} was dropped when the config was pickled; give the "
+            "key again, e.g. dataclasses.replace(config, api_key=...)"
+        )
+    if config.proxy and _DROPPED_PASSWORD.fullmatch(httpx2.URL(config.proxy).password or ""):
+        return (
+            "AdapterConfig.proxy: its password was dropped when the config was pickled; give "
+            "the proxy again, e.g. dataclasses.replace(config, proxy=...)"
+        )
+    return None
+
+
+def _normal_host(name: str) -> str:
+    """`name` as httpx2's `URL.host` gives a host — lower case, IDNA decoded (`xn--bcher-kva`
+    → `bücher`), an IPv6 address without brackets —, the form the egress check compares, so
+    an allowlist written in punycode or in Unicode matches either form of `base_url`."""
+    host = name.strip().lower().strip("[]")
+    if not host:
+        return ""
+    if any(ch.isspace() or ch in "/?#@%\\" for ch in host):
+        raise ValueError(f"AdapterConfig.allowed_hosts: {name!r} is not a host name")
+    try:
+        return httpx2.URL(f"http://[{host}]/" if ":" in host else f"http://{host}/").host
+    except Exception:
+        raise ValueError(f"AdapterConfig.allowed_hosts: {name!r} is not a host name") from None
 
 
 def _parse_url(name: str, value: object, *, allow_credentials: bool = False) -> httpx2.URL:
@@ -236,9 +284,21 @@ def _parse_url(name: str, value: object, *, allow_credentials: bool = False) -> 
         raise ValueError(
             f"AdapterConfig.{name}: must not carry credentials; give the key as api_key"
         )
-    if url.query or url.fragment:
+    if url.query or url.fragment or "?" in value or "#" in value:
+        # also an empty one (`/v1?`, `/v1#`): httpx2 keeps it, and every path joined on would
+        # land in the query or fragment instead of the path
         raise ValueError(f"AdapterConfig.{name}: must not have a query or fragment")
     return url
+
+
+#: An HTTP field name (RFC 9110 §5.1, `token`): what h11 and h2 accept on the wire.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _is_field_value(value: str) -> bool:
+    """True for a header value every transport can send: visible ASCII, spaces and tabs (RFC
+    9110 §5.5 also allows obs-text, but httpx2 encodes values as ASCII)."""
+    return all(" " <= ch <= "~" or ch == "\t" for ch in value)
 
 
 def _check_headers(headers: object) -> Mapping[str, str]:
@@ -248,8 +308,17 @@ def _check_headers(headers: object) -> Mapping[str, str]:
     for k, v in headers.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise ValueError("AdapterConfig.headers: names and values must be str")
-        if any(ch in k + v for ch in "\r\n\0"):
-            raise ValueError(f"AdapterConfig.headers: {k!r} has a control character")
+        if not _TOKEN.fullmatch(k):
+            raise ValueError(
+                f"AdapterConfig.headers: {k!r} is not a header name (letters, digits and "
+                "!#$%&'*+-.^_`|~ only: no spaces, no control or non-ASCII characters)"
+            )
+        if not _is_field_value(v):
+            # the value is not echoed: a caller may keep something private in a custom header
+            raise ValueError(
+                f"AdapterConfig.headers: the value of {k!r} must be printable ASCII "
+                "(no control or non-ASCII characters)"
+            )
         if k.lower() in _RESERVED_HEADERS:
             raise ValueError(f"AdapterConfig.headers: {k!r} is set by the adapter")
         if is_credential_name(k):
@@ -308,12 +377,17 @@ class TaskRequest:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise ValueError("TaskRequest.seed: must be an int")
-        for name in ("session_id", "correlation_id"):
-            value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, str) or any(c in value for c in "\r\n\0")
-            ):
-                raise ValueError(f"TaskRequest.{name}: must be a str without control characters")
+        sid = self.session_id
+        if sid is not None and (
+            not isinstance(sid, str) or any(unicodedata.category(c) == "Cc" for c in sid)
+        ):
+            raise ValueError("TaskRequest.session_id: must be a str without control characters")
+        cid = self.correlation_id
+        if cid is not None and (not isinstance(cid, str) or not _is_field_value(cid)):
+            raise ValueError(
+                "TaskRequest.correlation_id: must be a str of printable ASCII characters "
+                "(it is sent as the X-Correlation-Id header)"
+            )
         if self.extra is not None:
             if not isinstance(self.extra, Mapping):
                 raise ValueError("TaskRequest.extra: must be a mapping")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import ssl
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import httpx2
 import msgspec
@@ -223,7 +223,8 @@ def _parse_error_body(body: bytes) -> tuple[str, _ErrorBody | None]:
         text = text.split(b"\n", 1)[0][5:].strip()
     try:
         envelope = _error_decoder.decode(text)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # RecursionError: msgspec's answer to JSON nested ~2,000 deep (FACTS.md)
         return body.decode("utf-8", "replace").strip(), None
     if isinstance(envelope.error, _ErrorBody):
         return envelope.error.message or envelope.error.type or "", envelope.error
@@ -285,12 +286,22 @@ def error_from_transport(
     Before the response headers a lost connection means the pool could not serve us
     (`POOL_UNAVAILABLE`, retried); after them it is a `WORKER_RESET` (never retried).
     `timeouts`, when given, names the value of a timeout that fired in the message.
+
+    TLS failures are `POLICY` and never retried (the configuration must change): a certificate
+    that does not verify says why (expired, another host, an unknown CA, self-signed — from
+    OpenSSL's `verify_code`), and a handshake that fails while connecting says so; a server that
+    answers a ClientHello with something that is not TLS, or closes the connection on it,
+    is a plain-HTTP port behind an `https://` URL (FACTS.md: retrying cannot help).
     """
-    if _is_tls_failure(exc):
+    if (cert_error := _cert_failure(exc)) is not None:
         return make_error(
             ErrorKind.POLICY,
-            f"TLS verification failed: the upstream's certificate was not trusted ({_name(exc)})",
+            f"TLS verification failed{_where(exc, ' for ')}: the upstream's certificate was "
+            f"not trusted: {cert_error}",
         )
+    if not after_headers and isinstance(exc, httpx2.ConnectError):
+        if (tls := _in_chain(exc, ssl.SSLError)) is not None:
+            return make_error(ErrorKind.POLICY, _handshake_message(tls, _where(exc, " at ")))
     if isinstance(exc, httpx2.UnsupportedProtocol | httpx2.InvalidURL):
         return make_error(ErrorKind.POLICY, f"unsupported URL: {_name(exc)}")
     if isinstance(exc, httpx2.ProxyError):
@@ -314,19 +325,131 @@ def error_from_transport(
     )
 
 
-def _is_tls_failure(exc: BaseException) -> bool:
-    seen: set[int] = set()
+def compressed_stream_error(content_encoding: str | None, status: int) -> WorkerError | None:
+    """`PROTOCOL` when a 2xx event stream came with a `content-encoding` other than identity.
+
+    The adapter asks for `accept-encoding: identity` and does not decode: an SSE body is small
+    text read as it arrives, a compressing proxy also buffers it (tokens arrive late, in
+    bursts), and a decoder would need its own bound against a decompression bomb. Refusing
+    with the reason beats the alternative seen before — gzip bytes fed to the SSE parser, which
+    finds no event and ends as a `WORKER_RESET` "closed the stream before any event".
+    """
+    if content_encoding is None:
+        return None
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    return make_error(
+        ErrorKind.PROTOCOL,
+        f"the upstream compressed the event stream (content-encoding: {_clip(encoding)}) "
+        "although the adapter asked for identity; turn compression off for this route",
+        status=status,
+    )
+
+
+#: OpenSSL's X509_V_ERR_* codes (`SSLCertVerificationError.verify_code`) → what a person
+#: needs to know. The rest are named by OpenSSL's own `verify_message`.
+_VERIFY_REASONS: Final[dict[int, str]] = {
+    2: "it was issued by an unknown CA (not in the system store or ca_bundle)",
+    7: "its signature is invalid",
+    9: "it is not valid yet",
+    10: "it has expired",
+    18: "it is self-signed (give it as ca_bundle to trust it)",
+    19: "its chain ends in a self-signed CA that is not trusted (add the CA with ca_bundle)",
+    20: "it was issued by an unknown CA (not in the system store or ca_bundle)",
+    21: "it was issued by an unknown CA (not in the system store or ca_bundle)",
+    23: "it has been revoked",
+    26: "it is not meant for a TLS server",
+    62: "it was issued for another host (hostname mismatch)",
+    64: "it was issued for another IP address (IP address mismatch)",
+}
+
+#: `ssl.SSLError.reason` values that mean the peer does not speak TLS at all: OpenSSL read an
+#: HTTP response (or nothing) where a ServerHello was due.
+_NOT_TLS: Final = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "RECORD_LAYER_FAILURE",
+        "PACKET_LENGTH_TOO_LONG",
+        "UNEXPECTED_EOF_WHILE_READING",
+    }
+)
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and its causes (`__cause__`, else `__context__`), outermost first."""
+    seen: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return True
-        if "CERTIFICATE_VERIFY_FAILED" in str(current):
-            return True
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
         current = current.__cause__ or current.__context__
-    return False
+    return seen
+
+
+def _in_chain(exc: BaseException, cls: type[_E]) -> _E | None:
+    return next((e for e in _chain(exc) if isinstance(e, cls)), None)
+
+
+def _cert_failure(exc: BaseException) -> str | None:
+    """Why the certificate did not verify, if that is what `exc` is about."""
+    cert = _in_chain(exc, ssl.SSLCertVerificationError)
+    if cert is not None:
+        code = getattr(cert, "verify_code", None)
+        detail = str(getattr(cert, "verify_message", "") or "").strip()
+        reason = _VERIFY_REASONS.get(code) if isinstance(code, int) else None
+        if reason is None:
+            return detail or "it did not verify"
+        return f"{reason} (OpenSSL: {detail})" if detail else reason
+    if any("CERTIFICATE_VERIFY_FAILED" in str(e) for e in _chain(exc)):
+        return "it did not verify"
+    return None
+
+
+def _handshake_message(tls: ssl.SSLError, where: str) -> str:
+    reason = getattr(tls, "reason", None)
+    if isinstance(tls, ssl.SSLEOFError | ssl.SSLZeroReturnError) or reason in _NOT_TLS:
+        return (
+            f"TLS handshake failed: the server{where} does not speak TLS (plain HTTP? then "
+            "base_url should start with http://)"
+        )
+    return f"TLS handshake failed{where}: {_clip(str(tls)) or type(tls).__name__}"
+
+
+def _where(exc: BaseException, prefix: str) -> str:
+    """`prefix` + `host:port` of the request `exc` belongs to, or "" when it is not known."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx2 raises RuntimeError when it was not set
+        return ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{prefix}{url.host}:{port}"
 
 
 def _name(exc: BaseException) -> str:
+    """`Type: message`; an empty message, or one that ends in a colon, is completed by the
+    first cause that has one (a wrapper such as `connect … failed:` around an exception whose
+    own text is empty must not end the message at the colon)."""
     detail = str(exc).strip()
+    if not detail or detail.endswith(":"):
+        inner = next((str(e).strip() for e in _chain(exc)[1:] if str(e).strip()), "")
+        detail = f"{detail} {inner}".strip() if inner else detail.rstrip(":")
+    if (root := _os_reason(exc)) and root not in detail:
+        detail = f"{detail}: {root}" if detail else root
     return f"{type(exc).__name__}: {_clip(detail)}" if detail else type(exc).__name__
+
+
+def _os_reason(exc: BaseException) -> str | None:
+    """The operating system's words for the failure under `exc` (`Connection refused`, `Name
+    or service not known`): the `strerror` of the first `OSError` in its chain, looking into
+    the group trio raises when every address of a host failed."""
+    for link in _chain(exc):
+        while isinstance(link, BaseExceptionGroup) and link.exceptions:
+            link = link.exceptions[0]
+        if isinstance(link, OSError) and link.strerror:
+            return str(link.strerror)
+    return None

@@ -26,10 +26,11 @@ from typing import Final
 import httpx2
 import trio
 
-from ._config import AdapterConfig
+from ._config import AdapterConfig, dropped_credential
 from ._errors import ErrorKind, make_error
+from ._h2transport import ALPN as H2_ALPN
 from ._h2transport import H2Transport
-from ._tls import build_ssl_context
+from ._tls import build_ssl_context, shared_ssl_context
 from ._transport import ClosingTransport
 
 __all__ = ["Upstream", "build_ssl_context"]
@@ -55,11 +56,8 @@ class Upstream:
     def __init__(
         self, config: AdapterConfig, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> None:
-        if config.api_key is not None and config.api_key.dropped:
-            raise ValueError(
-                f"AdapterConfig.api_key: {config.api_key} was dropped when the config was "
-                "pickled; give the key again, e.g. dataclasses.replace(config, api_key=...)"
-            )
+        if (dropped := dropped_credential(config)) is not None:
+            raise ValueError(dropped)
         self.config = config
         self.base_url = config.base_url
         self._entered = False
@@ -81,12 +79,12 @@ class Upstream:
         }
         if transport is None and config.http2 and config.proxy is None:
             transport = H2Transport(
-                ssl_context=build_ssl_context(config.ca_bundle),
+                ssl_context=shared_ssl_context(config.ca_bundle, alpn=H2_ALPN),
                 connect_timeout=config.timeouts.connect,
                 write_timeout=config.timeouts.idle,
                 max_streams=config.max_connections,
                 http1=ClosingTransport(  # for a TLS origin that picks HTTP/1.1 in ALPN
-                    verify=build_ssl_context(config.ca_bundle),
+                    verify=shared_ssl_context(config.ca_bundle),
                     http1=True,
                     http2=False,
                     limits=limits,
@@ -97,7 +95,7 @@ class Upstream:
             # HTTP/1.1, also for http2=True through a proxy: our HTTP/2 transport has no
             # CONNECT tunnel, and httpcore2's HTTP/2 sends no RST_STREAM (docs/http2.md).
             transport = ClosingTransport(
-                verify=build_ssl_context(config.ca_bundle),
+                verify=shared_ssl_context(config.ca_bundle),
                 http1=True,
                 http2=False,
                 limits=limits,

@@ -12,8 +12,9 @@ terminal record and reports the outcome to the task's telemetry exactly once (`_
 The adapter's own records (probes) carry the same keys through `adapter_log`, with the task
 ones `None`. docs/observability.md lists every record and field.
 
-The one stdlib `logging` use: a filter on hpack's logger (`_HpackRedaction`), which would
-otherwise log HTTP/2 header blocks — the key among them — at DEBUG.
+The one stdlib `logging` use: a redaction filter (`_HpackRedaction`) on hpack's logger, which
+would otherwise log HTTP/2 header blocks — the key among them — at DEBUG, and on httpcore2's and
+httpx2's, whose DEBUG records show response header values (an upstream may echo the key there).
 """
 
 from __future__ import annotations
@@ -126,13 +127,42 @@ class _HpackRedaction(logging.Filter):
 
 
 _HPACK_FILTER: Final = _HpackRedaction()
-if not any(isinstance(f, _HpackRedaction) for f in logging.getLogger("hpack.hpack").filters):
-    logging.getLogger("hpack.hpack").addFilter(_HPACK_FILTER)
+
+#: The stdlib loggers that get the filter: hpack's, and httpcore2's and httpx2's, whose DEBUG
+#: records carry response header values ("receive_response_headers.complete return_value=…"),
+#: which a hostile upstream can make echo the key. A logger's filters do not apply to its
+#: children's records, so each logger is named.
+_FILTERED_LOGGERS: Final = (
+    "hpack.hpack",
+    "httpcore2.connection",
+    "httpcore2.http11",
+    "httpcore2.http2",
+    "httpcore2.proxy",
+    "httpcore2.socks",
+    "httpx2",
+)
+for _name in _FILTERED_LOGGERS:
+    if not any(isinstance(f, _HpackRedaction) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_HPACK_FILTER)
 
 
-#: The library's logger. Disabled until the application enables "oai_adapter".
+def _enabled_before_import() -> bool:
+    """True when the application called `logger.enable("oai_adapter")` before importing us
+    (the order docs/observability.md shows). loguru has no public way to ask, so this reads its
+    activation list (loguru 0.7: most specific prefix first); if that ever moves, the answer is
+    False and the import disables as before (tests/test_logging_import_order.py notices)."""
+    activations = getattr(getattr(_root, "_core", None), "activation_list", ())
+    for prefix, enabled in activations:
+        if "oai_adapter.".startswith(prefix):
+            return bool(enabled)
+    return False
+
+
+#: The library's logger. Disabled until the application enables "oai_adapter" — before or
+#: after this import: an `enable` that came first is not undone.
 log: Logger = _root.patch(_redact_record)
-_root.disable("oai_adapter")
+if not _enabled_before_import():
+    _root.disable("oai_adapter")
 
 
 class TaskLog:

@@ -4,7 +4,8 @@ A mapper sees the stream's `(event_name, data)` pairs in order and appends `Toke
 `ReasoningDelta`s, `ToolCallDelta`s) to the caller's list; what ends the stream (a finish
 reason, `[DONE]`, a terminal event), the usage counts and an in-stream error are left on the
 mapper for the adapter to read. It never raises
-for anything the upstream sends except bytes that are not the JSON it expects (`ProtocolError`).
+for anything the upstream sends except bytes that are not the JSON it expects (`ProtocolError`,
+also for JSON nested deeper than the decoders recurse: msgspec raises `RecursionError` there).
 
 Wire types are view Structs naming only the fields read, every field defaulted, unknown fields
 skipped; one module-level `Decoder` per type, decoding straight from `bytes` (msgspec's
@@ -12,7 +13,8 @@ fastest path, ≈ 0.7 µs a chunk, FACTS.md).
 
 Quirks handled here (FACTS.md, "Streams"): a role-only first delta (`content` null or empty)
 is no Token; usage comes on a `choices: []` chunk, on a `delta: {}` chunk or on the finish
-chunk; an all-zero usage is a placeholder (LiteLLM legacy completions), not a count; `[DONE]`
+chunk; an all-zero usage is a placeholder (LiteLLM legacy completions), not a count; a count
+that is not an int is converted when integral (`3.0`) and ignored otherwise (`usage_count`); `[DONE]`
 may be missing after the finish, and a `[DONE]` before any finish reason means the server cut
 the generation short (llama-cpp-python does, when another request arrives): a `WORKER_RESET`,
 not a stop; a UTF-16 surrogate pair split across two chunks (mock-llm) is joined instead of
@@ -33,7 +35,15 @@ from ._errors import ErrorKind, WorkerError, _ErrorBody, error_from_event, make_
 from ._events import EndReason, Event, ReasoningDelta, Token
 from ._tools import ToolCalls
 
-__all__ = ["ChatMapper", "Mapper", "ProtocolError", "finish_to_reason"]
+__all__ = [
+    "ChatMapper",
+    "Mapper",
+    "ProtocolError",
+    "finish_to_reason",
+    "malformed",
+    "nested_too_deeply",
+    "usage_count",
+]
 
 
 class ProtocolError(ValueError):
@@ -70,8 +80,10 @@ class _Choice(msgspec.Struct, gc=False):
 
 
 class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    # any JSON value: a count that is not an int (`3.0`, `"3"`) is read by `usage_count`,
+    # never a reason to fail a finished stream
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
 
 
 class _Chunk(msgspec.Struct, gc=False):
@@ -102,6 +114,20 @@ _FINISH: Final[dict[str, EndReason]] = {
 def finish_to_reason(finish: str) -> EndReason:
     """An upstream `finish_reason` as an `End.reason` (an unknown one is a normal stop)."""
     return _FINISH.get(finish.lower(), "stop")
+
+
+#: The largest count read from a float: 2**53, the last integer every smaller float holds exactly.
+_MAX_COUNT: Final = 2**53
+
+
+def usage_count(value: object) -> int | None:
+    """An upstream's token count as an int: integral numbers (`3`, `3.0`) in `0..2**53` are
+    kept; anything else (`3.5`, negative, huge, NaN, a string, a bool) is `None` — not given."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
+        return value
+    return None
 
 
 class Mapper:
@@ -184,6 +210,8 @@ class ChatMapper(Mapper):
         except msgspec.DecodeError:
             chunk = _decode_lenient(data)
             lenient = True
+        except RecursionError:
+            raise nested_too_deeply(data) from None
         if chunk.error is not None or name == "error":
             body = chunk.error if isinstance(chunk.error, _ErrorBody) else None
             said = chunk.error if isinstance(chunk.error, str) else ""
@@ -211,9 +239,12 @@ class ChatMapper(Mapper):
                 if choice.finish_reason:
                     self.finish = finish_to_reason(choice.finish_reason)
         usage = chunk.usage
-        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-            self.prompt_tokens = usage.prompt_tokens
-            self.completion_tokens = usage.completion_tokens
+        if usage is not None:
+            prompt = usage_count(usage.prompt_tokens)
+            completion = usage_count(usage.completion_tokens)
+            if prompt or completion:  # all zero: a placeholder (LiteLLM legacy completions)
+                self.prompt_tokens = prompt
+                self.completion_tokens = completion
 
     def _tool_deltas(self, delta: _Delta, out: list[Event]) -> None:
         tools = self._tool_calls()
@@ -238,6 +269,22 @@ def _decode_lenient(data: bytes) -> _Chunk:
     """
     try:
         return msgspec.convert(json.loads(data), _Chunk)
-    except (ValueError, msgspec.ValidationError, RecursionError):
-        preview = data[:80].decode("utf-8", "replace")
-        raise ProtocolError(f"malformed JSON in the event stream: {preview!r}") from None
+    except RecursionError:
+        raise nested_too_deeply(data) from None
+    except (ValueError, msgspec.ValidationError):
+        raise malformed(data) from None
+
+
+def malformed(data: bytes) -> ProtocolError:
+    """The error for an event that is not the JSON we expect, with the start of it."""
+    preview = data[:80].decode("utf-8", "replace")
+    return ProtocolError(f"malformed JSON in the event stream: {preview!r}")
+
+
+def nested_too_deeply(data: bytes) -> ProtocolError:
+    """The error for an event whose JSON nests deeper than the decoders recurse: msgspec and
+    `json` raise `RecursionError` (not a decode error) at about 2,000 levels (FACTS.md)."""
+    preview = data[:40].decode("utf-8", "replace")
+    return ProtocolError(
+        f"JSON nested too deeply in the event stream ({len(data)} bytes: {preview!r}…)"
+    )

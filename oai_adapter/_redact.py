@@ -72,8 +72,7 @@ class Secret:
     def __init__(self, value: str) -> None:
         if not isinstance(value, str) or not value:
             raise ValueError("api_key: must be a non-empty string")
-        if value != value.strip() or any(ch in value for ch in "\r\n\0"):
-            raise ValueError("api_key: must not contain whitespace or control characters")
+        _check_key_characters(value)
         self.__value: str | None = value
         self.__forms: tuple[str, ...] = _escaped_forms(value)
         self.fingerprint: str = fingerprint(value)
@@ -133,6 +132,24 @@ class Secret:
 
     def __getstate__(self) -> NoReturn:  # pragma: no cover - __reduce__ takes precedence
         raise TypeError("a Secret is not serialisable")
+
+
+def _check_key_characters(value: str) -> None:
+    """Refuse a key that cannot stand in an `Authorization` header: every character must be
+    visible ASCII (RFC 9110 field values are ASCII to every client we run on; a key never has a
+    space). Caught here, the mistake is a `ValueError` naming the position and the character's
+    code point — never the key — instead of a `UnicodeEncodeError` at the first request whose
+    message holds `Bearer <key>` in clear. The usual culprit is a zero-width space or a
+    non-breaking space pasted along with the key."""
+    for position, ch in enumerate(value, 1):
+        if "!" <= ch <= "~":
+            continue
+        if ch.isascii():
+            raise ValueError("api_key: must not contain whitespace or control characters")
+        raise ValueError(
+            f"api_key: must be ASCII, but character {position} is "
+            f"U+{ord(ch):04X} (pasted along with the key?)"
+        )
 
 
 def _dropped(fp: str) -> Secret:

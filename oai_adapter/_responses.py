@@ -20,8 +20,15 @@ event ends the stream (`done`); `data: [DONE]` after it is never read, and its a
 normal end (llama-server and OpenAI send none; LiteLLM does).
 
 Quirks (FACTS.md, "Streams"): llama-server and transformers send `response.completed` even when
-`max_output_tokens` was hit, so a completed response whose `output_tokens` reached the request's
-limit (or whose status is `incomplete`) ends with `length`. The lifecycle preamble
+`max_output_tokens` was hit, so a completed response ends with `length` when its status is
+`incomplete`, or when its `output_tokens` equal the request's limit *and* it has no
+`incomplete_details` key. Both conditions keep an explicit `completed` believed where the
+heuristic would be wrong: a server that writes the full schema (OpenAI: `incomplete_details:
+null`) sends `response.incomplete` when the limit cuts, and a server that ignores the limit
+(nginx replaying a capture, some proxies) goes past it rather than stopping exactly on it.
+llama-server's `response.completed` has no `incomplete_details` key (its source builds `id`,
+`object`, `created_at`, `status`, `model`, `output`, `usage` only); transformers leaves `None`
+fields out. The lifecycle preamble
 (`response.created`, `response.in_progress`, `response.queued`) is not counted in `events_seen`:
 it says nothing about the outcome, so an `error` right after it is still the *first* event and
 is treated like the status it names (a rate limit is retried before `Started`). `response.completed`
@@ -32,13 +39,20 @@ incomplete/error details, so msgspec skips the output without building it.
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from ._errors import _ErrorBody, error_from_event
 from ._events import Event, ReasoningDelta, Token
-from ._mappers import Mapper, ProtocolError, finish_to_reason
+from ._mappers import (
+    Mapper,
+    ProtocolError,
+    finish_to_reason,
+    malformed,
+    nested_too_deeply,
+    usage_count,
+)
 
 __all__ = ["ResponsesMapper"]
 
@@ -47,8 +61,8 @@ __all__ = ["ResponsesMapper"]
 
 
 class _Usage(msgspec.Struct, gc=False):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
+    input_tokens: Any = None  # any JSON value, read by `usage_count` (as in `_mappers`)
+    output_tokens: Any = None
 
 
 class _Incomplete(msgspec.Struct, gc=False):
@@ -58,7 +72,9 @@ class _Incomplete(msgspec.Struct, gc=False):
 class _Response(msgspec.Struct, gc=False):
     status: str | None = None
     usage: _Usage | None = None
-    incomplete_details: _Incomplete | None = None
+    # UNSET (the key is absent) tells a server that writes the full schema — `null` when
+    # nothing was cut — from one that leaves it out (llama-server, transformers)
+    incomplete_details: _Incomplete | msgspec.UnsetType | None = msgspec.UNSET
     error: _ErrorBody | None = None
 
 
@@ -121,19 +137,14 @@ class ResponsesMapper(Mapper):
             self.done = True
             return
         try:
-            ev = _decoder.decode(data)
-            lenient = False
-        except msgspec.ValidationError as exc:
-            # valid JSON, but a field we name has another shape: fatal only in a type we map
-            kind = _type_decoder.decode(data).type or name
-            if kind in _MAPPED:
-                raise ProtocolError(f"unexpected {kind} event: {exc}") from None
-            if kind not in _PREAMBLE:
+            decoded = _decode(name, data)
+        except RecursionError:
+            raise nested_too_deeply(data) from None
+        if isinstance(decoded, str):  # a type we do not map, in a shape we cannot read
+            if decoded not in _PREAMBLE:
                 self.events_seen += 1
             return
-        except msgspec.DecodeError:
-            ev = _decode_lenient(data)
-            lenient = True
+        ev, lenient = decoded
         kind = ev.type or name
         if kind in _PREAMBLE:
             return
@@ -184,19 +195,19 @@ class ResponsesMapper(Mapper):
         self.done = True
         usage = response.usage if response is not None else None
         if usage is not None:
-            self.prompt_tokens = usage.input_tokens
-            self.completion_tokens = usage.output_tokens
+            self.prompt_tokens = usage_count(usage.input_tokens)
+            self.completion_tokens = usage_count(usage.output_tokens)
         details = response.incomplete_details if response is not None else None
-        if details is not None and details.reason:
+        if isinstance(details, _Incomplete) and details.reason:
             self.finish = finish_to_reason(details.reason)
         elif kind == "response.incomplete" or (
             response is not None and response.status == "incomplete"
         ):
             self.finish = "length"  # incomplete without a reason: cut short, by a limit
         elif (
-            self.max_tokens is not None
-            and self.completion_tokens is not None
-            and self.completion_tokens >= self.max_tokens
+            details is msgspec.UNSET
+            and self.max_tokens is not None
+            and self.completion_tokens == self.max_tokens
         ):
             self.finish = "length"  # llama-server, transformers: `completed` at the limit
         elif self._tools is not None and self._tools.count:
@@ -216,11 +227,32 @@ class ResponsesMapper(Mapper):
         self.done = True
 
 
+def _decode(name: str, data: bytes) -> tuple[_Event, bool] | str:
+    """The event and whether the slow `json` path read it, or — for an event whose fields have
+    a shape we cannot read — its type, when it is a type we skip anyway. Raises `ProtocolError`
+    for what we cannot read in a type we map."""
+    try:
+        return _decoder.decode(data), False
+    except msgspec.ValidationError as exc:
+        problem = str(exc)  # valid JSON, but a field we name has another shape
+    except msgspec.DecodeError:
+        return _decode_lenient(data), True
+    try:
+        # `json` reads what msgspec refuses in an otherwise fine event: a number beyond a
+        # double (inf) in a usage count, which `usage_count` then ignores
+        return msgspec.convert(json.loads(data), _Event), True
+    except (ValueError, msgspec.ValidationError):
+        pass
+    kind = _type_decoder.decode(data).type or name
+    if kind in _MAPPED:
+        raise ProtocolError(f"unexpected {kind} event: {problem}")
+    return kind
+
+
 def _decode_lenient(data: bytes) -> _Event:
     """The event, decoded by the slower `json` module that accepts lone UTF-16 surrogates
     (a server that cuts deltas on UTF-16 units, FACTS.md)."""
     try:
         return msgspec.convert(json.loads(data), _Event)
-    except (ValueError, msgspec.ValidationError, RecursionError):
-        preview = data[:80].decode("utf-8", "replace")
-        raise ProtocolError(f"malformed JSON in the event stream: {preview!r}") from None
+    except (ValueError, msgspec.ValidationError):
+        raise malformed(data) from None

@@ -29,7 +29,14 @@ import httpx2
 import msgspec
 import trio
 
-from ._errors import ErrorKind, WorkerError, error_from_status, error_from_transport, make_error
+from ._errors import (
+    ErrorKind,
+    WorkerError,
+    compressed_stream_error,
+    error_from_status,
+    error_from_transport,
+    make_error,
+)
 from ._events import End, Event, Metrics, Started
 from ._http import http_version, request_id
 from ._mappers import ChatMapper, Mapper, ProtocolError
@@ -257,6 +264,8 @@ class _Reader:
                         status=status,
                     )
                 )
+            if err := compressed_stream_error(response.headers.get("content-encoding"), status):
+                raise _Failed(err)
             # Accepted only once the first event the mapper counts is known not to be an
             # error. Only that event decides; what follows it in the same read is mapped once
             # the stream is accepted, so the outcome does not depend on how bytes were chunked.

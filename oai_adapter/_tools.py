@@ -11,10 +11,18 @@ Quirks handled: a server that sends parallel calls all under upstream index 0 wi
 ids (Gemini's OpenAI-compatible endpoint does) gets one index per id; a `…arguments.done` whose
 text extends what the deltas said (a server that skipped some deltas) has the missing tail
 emitted, so the joined fragments always equal the final arguments when the upstream gives them.
+
+Memory: a call keeps what it has said as a length and a running CRC-32 of its text, never the
+fragments themselves, so a call streamed as two million one-character fragments costs the same
+few dozen bytes as one of ten (a list of the fragments cost ~64 B each for the task's life). The
+`…done` check compares the final arguments' prefix of that length by its CRC: a server whose final
+text differs from its deltas in that prefix yet matches the CRC (a 2⁻³² chance) would have a tail
+emitted after a different prefix — the same outcome as a server that says two different things.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Hashable
 
 from ._events import Event, ToolCallDelta
@@ -23,13 +31,27 @@ __all__ = ["ToolCalls"]
 
 
 class _Call:
-    __slots__ = ("arguments", "call_id", "index", "name")
+    __slots__ = ("call_id", "index", "name", "said_crc", "said_len")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.call_id: str | None = None
         self.name: str | None = None
-        self.arguments: list[str] = []  # the fragments emitted so far
+        self.said_len = 0  # characters of arguments emitted so far
+        self.said_crc = 0  # their running CRC-32 (UTF-8, lone surrogates passed through)
+
+    def said(self, fragment: str) -> None:
+        self.said_len += len(fragment)
+        self.said_crc = zlib.crc32(_utf8(fragment), self.said_crc)
+
+    def extends(self, arguments: str) -> bool:
+        """True when `arguments` is longer than what was said and starts with it."""
+        n = self.said_len
+        return len(arguments) > n and zlib.crc32(_utf8(arguments[:n])) == self.said_crc
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 class ToolCalls:
@@ -66,7 +88,7 @@ class ToolCalls:
             call.name = name
             changed = True
         if arguments:
-            call.arguments.append(arguments)
+            call.said(arguments)
         elif not changed:
             return
         out.append(
@@ -87,6 +109,5 @@ class ToolCalls:
             return
         if not arguments:
             return
-        said = "".join(call.arguments)
-        if len(arguments) > len(said) and arguments.startswith(said):
-            self.delta(key, out, arguments=arguments[len(said) :])
+        if call.extends(arguments):
+            self.delta(key, out, arguments=arguments[call.said_len :])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
+import trustme
 from trio.testing import MockClock
 
 from oai_adapter import AdapterConfig, OpenAIAdapter, RetryPolicy
 from oai_adapter.testing import FakeUpstream
+
+from .hostile import hostile as hostile  # the raw-bytes upstream fixture, for every test
 
 #: Every I/O test runs under this deadline (seconds of trio time).
 IO_DEADLINE = 20
@@ -18,6 +23,29 @@ IO_DEADLINE = 20
 @pytest.fixture
 async def upstream(nursery: trio.Nursery) -> FakeUpstream:
     server = FakeUpstream()
+    await nursery.start(server.serve)
+    return server
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A private CA (trustme): not in the system store, trusted only through `ca_file`."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+async def tls_upstream(ca: trustme.CA, nursery: trio.Nursery) -> FakeUpstream:
+    """A `FakeUpstream` on TLS with a certificate for localhost issued by `ca`."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    server = FakeUpstream(ssl_context=server_ctx)
     await nursery.start(server.serve)
     return server
 

@@ -20,11 +20,9 @@ import trio
 import trio.testing
 
 import oai_adapter
-from oai_adapter import End, Metrics, Started, Token
 from oai_adapter._cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
 from oai_adapter._cli._commands import (
     collect_checks,
-    grammar_problem,
     run_bench,
     run_check,
     run_demo,
@@ -83,7 +81,7 @@ def _hanging_reply(*tokens: str) -> Reply:
 # --- help, usage errors, exit codes ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["stream"], ["check"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["serve"], ["stream"], ["check"], ["bench"]])
 def test_help_on_each_command_exits_0_and_names_the_command(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -219,28 +217,44 @@ async def test_stream_sends_the_key_from_the_environment(
     assert KEY not in err.getvalue()
 
 
+async def open_cli(*args: str) -> trio.Process:
+    """The real program in a subprocess (no OPENAI_* from the environment), pipes for stdout
+    and stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    code = "import sys; from oai_adapter._cli import main; sys.exit(main())"
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+
+
+async def read_until(stream: trio.abc.ReceiveStream | None, marker: bytes) -> bytes:
+    """What `stream` gave up to and including `marker`; fails if it ends first."""
+    assert stream is not None
+    seen = b""
+    while marker not in seen:
+        chunk = await stream.receive_some()
+        assert chunk, f"the process ended early: {seen!r}"
+        seen += chunk
+    return seen
+
+
+async def read_to_end(stream: trio.abc.ReceiveStream | None) -> bytes:
+    assert stream is not None
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
 async def test_ctrl_c_in_a_real_process_cancels_cleanly_and_exits_130(
     upstream: FakeUpstream,
 ) -> None:
     upstream.script(_hanging_reply("Hello", " there"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    code = "import sys; from oai_adapter._cli import main; sys.exit(main())"
-    argv = [sys.executable, "-c", code, "stream", *_endpoint(upstream), "Hi"]
     with trio.fail_after(IO_DEADLINE):
-        proc = await trio.lowlevel.open_process(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        )
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        seen = b""
-        while b"there" not in seen:
-            chunk = await proc.stdout.receive_some()
-            assert chunk, f"the process ended early: {seen!r}"
-            seen += chunk
+        proc = await open_cli("stream", *_endpoint(upstream), "Hi")
+        await read_until(proc.stdout, b"there")
         proc.send_signal(signal.SIGINT)
-        err = b""
-        while chunk := await proc.stderr.receive_some():
-            err += chunk
+        err = await read_to_end(proc.stderr)
         assert await proc.wait() == EXIT_INTERRUPTED
         await upstream.disconnected.wait()
     assert b"interrupted: cancelled after 2 tokens" in err
@@ -330,20 +344,6 @@ async def test_check_against_a_closed_port_fails_health_and_exits_1(
     assert lines[2].split()[:3] == ["health", "FAIL", "POOL_UNAVAILABLE:"]
 
 
-def test_grammar_problem_names_what_is_out_of_order() -> None:
-    started = Started(task_id="t", model="m", attempt=1, http_version="HTTP/1.1")
-    tok = Token(task_id="t", index=0, text="a")
-    metrics = Metrics(task_id="t", ttft_ms=1.0, decode_time_ms=0.0, duration_ms=2.0, tokens_out=1)
-    end = End(task_id="t", reason="stop", tokens_out=1)
-    assert grammar_problem([started, tok, metrics, end]) is None
-    assert grammar_problem([End(task_id="t", reason="error", tokens_out=0)]) is None
-    assert grammar_problem([tok, started, metrics, end]) == "the first event is Token, not Started"
-    assert grammar_problem([started, tok, end]) == "no Metrics before End"
-    assert grammar_problem([started, tok, metrics]) == "the stream did not end with End"
-    skipped = Token(task_id="t", index=1, text="b")
-    assert grammar_problem([started, skipped, metrics, end]) == "Token index 1 where 0 was due"
-
-
 # --- bench -----------------------------------------------------------------------------------
 
 
@@ -377,7 +377,9 @@ async def test_bench_counts_failed_requests_by_kind_and_exits_1(upstream: FakeUp
         code = await run_bench(args, term, trio.Event())
     assert code == EXIT_FAILED
     assert "requests 3 ok / 2 failed" in out.getvalue()
-    assert "oai-adapter: error: 2 request(s) failed with INVALID_PARAMS" in err.getvalue()
+    assert (
+        "oai-adapter: error: 2 requests failed with INVALID_PARAMS: bad request" in err.getvalue()
+    )
     header = out.getvalue().splitlines()[0].split()
     assert header == ["ms", "mean", "p50", "p90", "p99", "n"]
 

@@ -167,3 +167,33 @@ def test_configs_are_hashable_and_equal_by_value() -> None:
     assert hash(a) == hash(b)
     assert len({a, b}) == 1
     assert a != dataclasses.replace(a, headers={"x-a": "2"})
+
+
+@pytest.mark.parametrize("url", ["http://h/v1?", "http://h/v1#", "http://h/v1/?#", "http://h?/v1"])
+def test_base_url_with_an_empty_query_or_fragment_is_refused(url: str) -> None:
+    # httpx2 keeps an empty `?` or `#`, and every request path joined on would land behind it
+    with pytest.raises(ValueError, match=r"AdapterConfig\.base_url: must not have a query"):
+        AdapterConfig(base_url=url, model="m")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "allowed"),
+    [
+        ("http://bücher.example/v1", "xn--bcher-kva.example"),
+        ("http://xn--bcher-kva.example/v1", "bücher.example"),
+        ("http://BÜCHER.example/v1", "XN--BCHER-KVA.example"),
+        ("http://[::1]:8080/v1", "[::1]"),
+        ("http://[::1]:8080/v1", "::1"),
+    ],
+)
+def test_allowed_hosts_match_an_idn_base_url_in_either_spelling(
+    base_url: str, allowed: str
+) -> None:
+    config = AdapterConfig(base_url=base_url, model="m", allowed_hosts={allowed, "other.example"})
+    assert config.allowed_hosts is not None
+    assert config.host in config.allowed_hosts  # what the egress check compares
+
+
+def test_an_allowed_host_that_is_no_host_name_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"AdapterConfig\.allowed_hosts"):
+        AdapterConfig(base_url=BASE, model="m", allowed_hosts={"127.0.0.1", "a b/c"})

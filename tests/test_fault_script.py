@@ -1,39 +1,52 @@
-"""The test kit itself: the fault script expands to the steps it names, per-task scripts go to
-the right task, and `check_stream` rejects every broken grammar (a checker that accepts
-anything would make the chaos and fuzz tests prove nothing)."""
+"""The test kit itself: the fault script expands to the steps it names and per-task scripts go
+to the right task. (`check_stream` itself is tested in `test_grammar.py`.)"""
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Literal
+
 import pytest
 import trio
+from trio.testing import MockClock
 
 from oai_adapter import (
     AdapterConfig,
     End,
-    ErrorInfo,
     ErrorKind,
-    Metrics,
     OpenAIAdapter,
     RetryPolicy,
     Started,
     TaskRequest,
+    Timeouts,
     Token,
 )
 from oai_adapter._events import Event
 from oai_adapter._sse import MAX_EVENT_BYTES
 from oai_adapter.testing import (
+    DEFAULT_TEXT,
     FakeUpstream,
     Fault,
     Hang,
     Reply,
     Reset,
+    Responder,
     Send,
     Sleep,
     Stream,
+    chat_chunk,
     check_stream,
+    open_h2_upstream,
+    open_upstream,
     render_stream,
+    split_words,
+    sse,
 )
 from oai_adapter.testing._script import expand_steps
+
+from .conftest import IO_DEADLINE
+
+Api = Literal["chat", "completions", "responses"]
 
 NORMAL = render_stream("chat", ["a", "b", "c"])  # role, a, b, c, finish, [DONE]
 
@@ -118,76 +131,188 @@ async def test_an_event_over_the_decoder_cap_is_protocol(upstream: FakeUpstream)
     assert "larger than" in end.error.message
 
 
-# --- check_stream rejects what DESIGN forbids ------------------------------------------------
+# --- one responder: every fault means the same over HTTP/1.1 and HTTP/2 --------------------
 
-S = Started(task_id="t", model="m", attempt=1, http_version="HTTP/1.1")
-S2 = Started(task_id="t", model="m", attempt=2, http_version="HTTP/1.1")
+TEXT = split_words(DEFAULT_TEXT)
+ALL = len(TEXT)
+
+#: Every `Fault` constructor (and the three APIs' normal streams), with what the adapter makes
+#: of it: (api, reply, Tokens delivered, End reason, error kind).
+FAULT_OUTCOMES: dict[str, tuple[Api, Reply, int, str, ErrorKind | None]] = {
+    "chat": ("chat", Fault.ok(), ALL, "stop", None),
+    "completions": ("completions", Fault.ok(), ALL, "stop", None),
+    "responses": ("responses", Fault.ok(), ALL, "stop", None),
+    "ok paced": ("chat", Fault.ok(pace=0.1), ALL, "stop", None),
+    "status 400": ("chat", Fault.status(400), 0, "error", ErrorKind.INVALID_PARAMS),
+    "status 404": ("chat", Fault.status(404), 0, "error", ErrorKind.UPSTREAM_NOT_FOUND),
+    "status 429": (
+        "chat",
+        Fault.status(429, retry_after="1"),
+        0,
+        "error",
+        ErrorKind.ADMISSION_REJECT,
+    ),
+    "status 500": ("chat", Fault.status(500), 0, "error", ErrorKind.UPSTREAM_ERROR),
+    "status 503": ("chat", Fault.status(503), 0, "error", ErrorKind.POOL_UNAVAILABLE),
+    "not an event stream": ("chat", Fault.not_event_stream(), 0, "error", ErrorKind.PROTOCOL),
+    "stall before headers": ("chat", Fault.stall_before_headers(1.0), ALL, "stop", None),
+    "hang before headers": (
+        "chat",
+        Fault.stall_before_headers(),
+        0,
+        "error",
+        ErrorKind.DECODE_TIMEOUT,
+    ),
+    "reset before headers": (
+        "chat",
+        Fault.reset_before_headers(),
+        0,
+        "error",
+        ErrorKind.POOL_UNAVAILABLE,
+    ),
+    "stall after headers": ("chat", Fault.stall_after_headers(1.0), ALL, "stop", None),
+    "hang after headers": (
+        "chat",
+        Fault.stall_after_headers(),
+        0,
+        "error",
+        ErrorKind.DECODE_TIMEOUT,
+    ),
+    "stall after 3": ("chat", Fault.stall_after(3, 1.0), ALL, "stop", None),
+    "stall after 3 for 0 s": ("chat", Fault.stall_after(3, 0), ALL, "stop", None),
+    "hang after 3": ("chat", Fault.stall_after(3), 3, "error", ErrorKind.DECODE_TIMEOUT),
+    "keep-alive drip, then the stream": (
+        "chat",
+        Fault.keepalive_drip(0.5, count=3),
+        ALL,
+        "stop",
+        None,
+    ),
+    "keep-alive drip forever after 2": (
+        "chat",
+        Fault.keepalive_drip(0.5, after_tokens=2),
+        2,
+        "error",
+        ErrorKind.DECODE_TIMEOUT,
+    ),
+    "reset after 3": ("chat", Fault.reset_after(3), 3, "error", ErrorKind.WORKER_RESET),
+    "reset after 3 (responses)": (
+        "responses",
+        Fault.reset_after(3),
+        3,
+        "error",
+        ErrorKind.WORKER_RESET,
+    ),
+    "reset after the headers": (
+        "chat",
+        Fault.reset_after(None),
+        0,
+        "error",
+        ErrorKind.WORKER_RESET,
+    ),
+    "eof after 3": ("chat", Fault.eof_after(3), 3, "error", ErrorKind.WORKER_RESET),
+    "eof after the headers": ("chat", Fault.eof_after(None), 0, "error", ErrorKind.WORKER_RESET),
+    "malformed first event": ("chat", Fault.malformed(), 0, "error", ErrorKind.PROTOCOL),
+    "malformed after 2": (
+        "chat",
+        Fault.malformed(after_tokens=2),
+        2,
+        "error",
+        ErrorKind.PROTOCOL,
+    ),
+    "rate limit as the first event": (
+        "chat",
+        Fault.error_event(type="rate_limit_error"),
+        0,
+        "error",
+        ErrorKind.ADMISSION_REJECT,
+    ),
+    "error event after 2": (
+        "chat",
+        Fault.error_event(after_tokens=2),
+        2,
+        "error",
+        ErrorKind.UPSTREAM_ERROR,
+    ),
+    "garbage before headers": (
+        "chat",
+        Fault.garbage_before_headers(),
+        0,
+        "error",
+        ErrorKind.POOL_UNAVAILABLE,
+    ),
+}
 
 
-def tok(i: int, text: str = "x") -> Token:
-    return Token(task_id="t", index=i, text=text)
+async def _play_fault(http2: bool, api: Api, reply: Reply) -> list[Event]:
+    opener = open_h2_upstream if http2 else open_upstream
+    async with opener() as upstream:
+        upstream.script_for("t", reply)  # per task, so the front-ends' queues are tested too
+        config = AdapterConfig(
+            base_url=upstream.base_url,
+            model=upstream.model,
+            api=api,
+            http2=http2,
+            retry=RetryPolicy(max_attempts=1),
+            timeouts=Timeouts(first_token=5.0, idle=2.0, total=30.0),
+        )
+        async with OpenAIAdapter(config) as adapter:
+            req = TaskRequest(task_id="t", prompt="x", correlation_id="t")
+            async with adapter.submit(req) as events:
+                return [ev async for ev in events]
 
 
-def metrics(n: int, retries: int = 0) -> Metrics:
-    return Metrics(
-        task_id="t",
-        ttft_ms=1.0,
-        decode_time_ms=1.0,
-        duration_ms=2.0,
-        tokens_out=n,
-        prompt_tokens=None,
-        completion_tokens=None,
-        retries=retries,
-    )
+@pytest.mark.parametrize("name", FAULT_OUTCOMES)
+async def test_every_fault_means_the_same_over_http11_and_http2(
+    name: str, loopback_clock: MockClock
+) -> None:
+    api, reply, tokens, reason, kind = FAULT_OUTCOMES[name]
+    seen: dict[str, list[str]] = {}
+    for http2 in (False, True):
+        with trio.fail_after(IO_DEADLINE):
+            events = await _play_fault(http2, api, reply)
+        wire = "HTTP/2" if http2 else "HTTP/1.1"
+        end = check_stream(events, tokens=TEXT)
+        assert (end.tokens_out, end.reason) == (tokens, reason), (wire, end)
+        assert (end.error.kind if end.error else None) is kind, (wire, end)
+        if isinstance(events[0], Started):
+            assert events[0].http_version == wire
+        seen[wire] = [type(ev).__name__ for ev in events]
+    assert seen["HTTP/1.1"] == seen["HTTP/2"]
 
 
-def end(n: int, reason: str = "stop") -> End:
-    error = ErrorInfo(kind=ErrorKind.UPSTREAM_ERROR, message="m") if reason == "error" else None
-    return End(task_id="t", reason=reason, tokens_out=n, error=error)  # type: ignore[arg-type]
+@pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "HTTP/2"])
+async def test_a_hang_drips_its_bytes_on_both_wires(http2: bool, loopback_clock: MockClock) -> None:
+    # each drip is a token here, so the consumer sees that the drip was played
+    tick = sse(chat_chunk("tick"))
+    reply = Reply(steps=[Stream(0), Hang(drip=tick, every=1.0)])
+    opener = open_h2_upstream if http2 else open_upstream
+    with trio.fail_after(IO_DEADLINE):
+        async with opener() as upstream:
+            upstream.script(reply)
+            config = AdapterConfig(base_url=upstream.base_url, model=upstream.model, http2=http2)
+            async with OpenAIAdapter(config) as adapter:
+                async with adapter.submit(TaskRequest(task_id="t", prompt="x")) as events:
+                    seen: list[Event] = []
+                    async for ev in events:
+                        seen.append(ev)
+                        if isinstance(ev, Token) and ev.index == 2:
+                            adapter.cancel("t")
+    end = check_stream(seen, tokens=["tick"] * 3)
+    assert (end.reason, end.tokens_out) == ("cancelled", 3)
 
 
-GOOD: list[list[Event]] = [
-    [end(0, "error")],
-    [end(0, "cancelled")],
-    [S, metrics(0), end(0)],
-    [S, tok(0), tok(1), metrics(2), end(2)],
-    [S, tok(0), end(1, "cancelled")],
-    [S2, tok(0), metrics(1, retries=1), end(1, "error")],
-]
-
-BAD: list[list[Event]] = [
-    [],
-    [S, tok(0), metrics(1)],  # no End
-    [S, tok(0), metrics(1), end(1), end(1)],  # two Ends
-    [S, tok(0), end(1)],  # no Metrics before a non-cancel End
-    [tok(0), metrics(1), end(1)],  # no Started
-    [S, tok(1), metrics(1), end(1)],  # index not from 0
-    [S, tok(0), tok(0), metrics(2), end(2)],  # index repeated
-    [S, tok(0), metrics(1), end(2)],  # tokens_out wrong
-    [S, tok(0), metrics(2), end(1)],  # Metrics.tokens_out wrong
-    [S2, tok(0), metrics(1, retries=0), end(1)],  # retries != attempt - 1
-    [S, metrics(0), tok(0), end(1)],  # Token after Metrics
-    [S, S, metrics(0), end(0)],  # two Started
-    [End(task_id="t", reason="error", tokens_out=0)],  # error without ErrorInfo
-    [S, tok(0, ""), metrics(1), end(1)],  # an empty Token
-]
-
-
-@pytest.mark.parametrize("events", GOOD)
-def test_check_stream_accepts_the_grammar(events: list[Event]) -> None:
-    check_stream(events)
-
-
-@pytest.mark.parametrize("events", BAD)
-def test_check_stream_rejects_broken_streams(events: list[Event]) -> None:
-    with pytest.raises(AssertionError):
-        check_stream(events)
-
-
-def test_check_stream_rejects_tokens_that_are_not_the_upstream_prefix() -> None:
-    events: list[Event] = [S, tok(0, "a"), tok(1, "c"), metrics(2), end(2)]
-    check_stream(events, tokens=["a", "c", "d"])
-    with pytest.raises(AssertionError):
-        check_stream(events, tokens=["a", "b", "c"])
-    with pytest.raises(AssertionError):
-        check_stream(events, tokens=["a"])  # more Tokens than sent
+def test_the_responder_decides_without_a_socket() -> None:
+    responder = Responder(tokens=["a", "b", "c"], api_key="k")
+    responder.script(Fault.reset_after(2))
+    refused = responder.answer("POST", "/v1/chat/completions", {}, b"{}", at=0.0)
+    assert refused.status == 401  # the scripted reply is used up all the same
+    assert responder.replies == deque()
+    responder.script(Fault.reset_after(2))
+    auth = {"authorization": "Bearer k"}
+    plan = responder.answer("POST", "/v1/chat/completions", auth, b"{}", at=1.0)
+    assert plan.status == 200
+    assert plan.steps == (*NORMAL[:3], Reset())  # role, a, b, then the reset
+    probe = responder.answer("GET", "/v1/models", auth, b"", at=2.0)
+    assert (probe.status, probe.completion) == (200, False)
+    assert [r.at for r in responder.requests] == [0.0, 1.0, 2.0]

@@ -178,6 +178,42 @@ def test_completed_below_the_request_limit_is_a_stop() -> None:
     assert mapper.finish == "stop"
 
 
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        # llama-server, transformers: no `incomplete_details` key, output stopped at the cap
+        ({"status": "completed", "usage": {"output_tokens": 3}}, "length"),
+        # a server that ignores the cap (nginx replaying a capture, some proxies): it went past
+        ({"status": "completed", "usage": {"output_tokens": 7}}, "stop"),
+        # the full schema (OpenAI) says `incomplete_details: null`: it would have sent
+        # `response.incomplete` had the cap cut the answer, so `completed` is believed
+        (
+            {"status": "completed", "incomplete_details": None, "usage": {"output_tokens": 3}},
+            "stop",
+        ),
+        # an explicit reason always wins
+        (
+            {
+                "status": "completed",
+                "incomplete_details": {"reason": "content_filter"},
+                "usage": {"output_tokens": 3},
+            },
+            "content_filter",
+        ),
+    ],
+    ids=["llama-server-at-the-cap", "cap-ignored", "full-schema-completed", "explicit-reason"],
+)
+def test_completed_at_the_request_limit_is_a_length_only_for_servers_that_need_it(
+    response: dict[str, Any], reason: str
+) -> None:
+    body = frames(
+        ("response.output_text.delta", {"delta": "a"}),
+        ("response.completed", {"response": response}),
+    )
+    _, mapper = run_mapper([body], max_tokens=3)
+    assert mapper.finish == reason
+
+
 def test_completed_with_status_incomplete_is_a_length() -> None:
     body = frames(
         ("response.output_text.delta", {"delta": "a"}),

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loguru import logger
 from trio.testing import MockClock
 
@@ -35,6 +37,7 @@ from oai_adapter import (
     Token,
 )
 from oai_adapter._events import Event
+from oai_adapter._retry import MAX_RETRY_AFTER_MS, retry_after_ms
 from oai_adapter.testing import FakeUpstream, Fault, Reply, check_stream
 
 DEADLINE = 600  # trio seconds, free under loopback_clock
@@ -183,6 +186,10 @@ def _http_date(seconds_from_now: float) -> str:
         ({"retry_after": _http_date(3600)}, 0.3),  # an HTTP date, clipped
         ({"retry_after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past
         ({"retry_after": "soon"}, 0.2),  # unparsable: the jitter's ceiling
+        ({"retry_after": "1e308"}, 0.3),  # overflowed int(seconds * 1000) (issue 14)
+        ({"retry_after_ms": "1e308"}, 0.3),
+        ({"retry_after": "-1e308"}, 0.0),
+        ({"retry_after": "Fri, 31 Dec 9999 23:59:59 GMT"}, 0.3),
     ],
 )
 async def test_retry_after_is_honoured_and_clipped_to_cap(
@@ -428,3 +435,20 @@ async def test_probe_is_not_retried_on_a_non_retryable_status(
     assert (health.live, health.ready) == (True, False)
     assert rng.calls == []
     assert len([r for r in upstream.requests if r.path == "/v1/models"]) == 1
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["retry-after", "retry-after-ms", "x-other"]),
+        st.one_of(
+            st.text(),
+            st.floats().map(repr),
+            st.integers().map(str),
+            st.datetimes().map(lambda d: email.utils.format_datetime(d)),
+        ),
+    )
+)
+def test_retry_after_ms_never_raises_and_is_bounded(headers: dict[str, str]) -> None:
+    delay = retry_after_ms(headers)
+    assert delay is None or (isinstance(delay, int) and 0 <= delay <= MAX_RETRY_AFTER_MS)

@@ -229,3 +229,23 @@ def test_allowed_hosts_must_hold_the_base_url_host_and_only_strings() -> None:
     with pytest.raises(ValueError, match="must be str"):
         make(allowed_hosts=[1])
     assert make().allowed_hosts == frozenset({"127.0.0.1"})
+
+
+async def test_pickling_drops_the_proxy_password_and_an_adapter_refuses_to_open_with_it() -> None:
+    config = make(proxy="http://proxyuser:Pr0xyPa55word@127.0.0.1:3128")
+    data = pickle.dumps(config)
+    assert b"Pr0xyPa55word" not in data
+    back = pickle.loads(data)
+    assert back.proxy == "http://proxyuser:" + fingerprint("Pr0xyPa55word") + "@127.0.0.1:3128"
+    with pytest.raises(ValueError, match=r"AdapterConfig\.proxy: its password was dropped"):
+        async with OpenAIAdapter(dataclasses.replace(back, api_key=KEY)):
+            pass  # pragma: no cover
+    again = dataclasses.replace(back, api_key=KEY, proxy=config.proxy)
+    assert again == config
+    async with OpenAIAdapter(again):
+        pass  # opens: nothing is missing any more
+
+
+def test_a_pickled_proxy_without_a_password_is_kept_as_it_was() -> None:
+    config = make(proxy="http://127.0.0.1:3128")
+    assert pickle.loads(pickle.dumps(config)).proxy == config.proxy

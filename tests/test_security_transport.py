@@ -50,27 +50,6 @@ def dead_port() -> int:
     return port
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture
-async def tls_upstream(ca: trustme.CA, nursery: trio.Nursery) -> FakeUpstream:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    server = FakeUpstream(ssl_context=server_ctx)
-    await nursery.start(server.serve)
-    return server
-
-
 ENV_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -408,3 +387,37 @@ async def test_no_frame_local_holds_the_key_when_building_a_request_fails(
     # and the request that is built carries the header, masked in its repr
     assert request.headers["authorization"] == f"Bearer {key}"
     assert key not in repr(request.headers)
+
+
+# --- the shared context cache ------------------------------------------------------------------
+
+
+def test_ssl_contexts_are_shared_per_bundle_and_rebuilt_when_the_bundle_file_changes(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    from oai_adapter._tls import shared_ssl_context
+
+    path = tmp_path / "bundle.pem"
+    ca.cert_pem.write_to_path(str(path))
+    first = shared_ssl_context(str(path))
+    assert shared_ssl_context(str(path)) is first  # loading the store once, not per adapter
+    assert first.verify_mode is ssl.CERT_REQUIRED
+    assert first.check_hostname
+    other = trustme.CA()
+    other.cert_pem.write_to_path(str(path), append=True)
+    changed = shared_ssl_context(str(path))
+    assert changed is not first  # a changed file is read again
+    assert len(changed.get_ca_certs()) == len(first.get_ca_certs()) + 1
+
+
+def test_a_context_trusting_a_private_ca_is_never_handed_out_without_it(
+    ca: trustme.CA, ca_file: str
+) -> None:
+    from oai_adapter._h2transport import ALPN
+    from oai_adapter._tls import shared_ssl_context
+
+    private = shared_ssl_context(ca_file)
+    system = shared_ssl_context(None)
+    h2 = shared_ssl_context(ca_file, alpn=ALPN)
+    assert len({id(private), id(system), id(h2)}) == 3
+    assert len(private.get_ca_certs()) == len(system.get_ca_certs()) + 1

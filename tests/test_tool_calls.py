@@ -5,7 +5,9 @@ in upstream order among the Tokens, argument fragments join to the call's JSON, 
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -397,3 +399,58 @@ async def test_cancel_during_reasoning_ends_cancelled_with_no_tokens(
     assert isinstance(end, End)
     assert (end.reason, end.tokens_out) == ("cancelled", 0)
     assert sum(isinstance(e, ReasoningDelta) for e in seen) == 1
+
+
+# --- memory: fragments are not kept (issue 14) -----------------------------------------------
+
+
+def _chat_fragment(piece: str) -> bytes:
+    call = {"index": 0, "function": {"arguments": piece}}
+    return msgspec.json.encode({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+
+
+def _responses_fragment(piece: str) -> bytes:
+    return msgspec.json.encode(
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "delta": piece}
+    )
+
+
+def _growth_while_the_consumer_keeps_up(mapper: Mapper, data: bytes, fragments: int) -> int:
+    """Bytes the mapper still holds after `fragments` more one-character fragments, each
+    delivered (and dropped) as it comes."""
+    out: list[Event] = []
+    mapper.feed("", data, out)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(fragments):
+            mapper.feed("", data, out)
+            out.clear()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("mapper", "data"),
+    [(ChatMapper("t"), _chat_fragment("x")), (ResponsesMapper("t"), _responses_fragment("x"))],
+    ids=["chat", "responses"],
+)
+def test_tool_call_argument_fragments_are_not_kept_for_the_tasks_life(
+    mapper: Mapper, data: bytes
+) -> None:
+    # 10,000 fragments held as a list cost ~640 KB; the bound is what a few objects cost.
+    assert _growth_while_the_consumer_keeps_up(mapper, data, 10_000) < 16_384
+
+
+def test_arguments_done_after_many_fragments_still_fills_in_only_the_missing_tail() -> None:
+    mapper = ResponsesMapper("t")
+    out: list[Event] = []
+    for piece in ['{"a"', ": ", "[1, 2"]:
+        mapper.feed("", _responses_fragment(piece), out)
+    done = {"type": "response.function_call_arguments.done", "item_id": "fc_1"}
+    mapper.feed("", msgspec.json.encode(done | {"arguments": '{"a": [1, 2, 3]}'}), out)
+    mapper.feed("", msgspec.json.encode(done | {"arguments": '{"b": [1, 2, 3, 4, 5]}'}), out)
+    assert arguments_by_call(out) == {0: '{"a": [1, 2, 3]}'}

@@ -1,4 +1,4 @@
-"""The CLI's commands as async functions: `demo`, `stream`, `check`, `bench`.
+"""The CLI's commands as async functions: `demo`, `serve`, `stream`, `check`, `bench`.
 
 Each takes the parsed arguments, a `Term` and an `interrupted` event (set by the first Ctrl-C,
 see `__init__`), and returns the process exit code (`EXIT_*`). They are separate from argument
@@ -12,6 +12,7 @@ upstream response closed) and what was received can still be printed.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ from .._adapter import OpenAIAdapter
 from .._config import AdapterConfig, Api, TaskRequest, Timeouts
 from .._errors import ErrorInfo, ErrorKind
 from .._events import End, Event, Metrics, Started, Token, WorkerProps
+from .._grammar import stream_problem
 from .._redact import redact
 from ._stats import PERCENTILES, RequestSample, summarize
-from ._term import Term, render_table
+from ._term import Term, plural, render_table
 
 __all__ = [
     "EXIT_FAILED",
@@ -33,10 +35,13 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "StreamResult",
+    "make_request",
     "run_bench",
     "run_check",
     "run_demo",
+    "run_serve",
     "run_stream",
+    "validate",
 ]
 
 EXIT_OK = 0  # did what was asked: the stream finished, every check passed, no request failed
@@ -73,7 +78,34 @@ def make_config(args: argparse.Namespace, api: Api) -> AdapterConfig:
     }
     if args.base_url:
         overrides["base_url"] = args.base_url
+    if getattr(args, "ca_bundle", None):
+        overrides["ca_bundle"] = args.ca_bundle
     return AdapterConfig.from_env(**overrides)
+
+
+def make_request(args: argparse.Namespace) -> TaskRequest:
+    """`stream`'s request. Raises `ValueError` (a usage error) for a value the library refuses."""
+    return TaskRequest(
+        task_id=f"cli-{uuid.uuid4().hex[:12]}",
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+    )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Build what the command will send, before anything is sent: a value the library refuses
+    (`ValueError`) is then a usage error (exit 2), never a traceback from inside the run."""
+    if args.command == "serve" and not (is_loopback(args.host) or args.allow_remote):
+        raise ValueError(
+            f"--host {args.host} is not a loopback address and the embedded upstream has no "
+            "authentication: add --allow-remote to serve it there"
+        )
+    if args.command in ("demo", "serve"):
+        return
+    make_config(args, getattr(args, "api", "chat"))
+    if args.command == "stream":
+        make_request(args)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -174,7 +206,7 @@ def metrics_table(metrics: Metrics) -> str:
 
 
 def _end_line(end: End) -> str:
-    line = f"end: {end.reason}, {end.tokens_out} tokens"
+    line = f"end: {end.reason}, {plural(end.tokens_out, 'token')}"
     if end.error is not None:
         line += f": {describe_error(end.error)}"
     return line
@@ -226,18 +258,62 @@ async def run_demo(args: argparse.Namespace, term: Term, interrupted: trio.Event
             return _exit_for(result.end, interrupted)
 
 
+# --- serve -----------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def run_serve(args: argparse.Namespace, term: Term, interrupted: trio.Event) -> int:
+    """The embedded upstream on `--host:--port` until Ctrl-C: its base URL on stdout."""
+    from ..testing import FakeUpstream, H2Upstream
+
+    kind = H2Upstream if args.http2 else FakeUpstream
+    upstream = kind(model=args.model, host=args.host, port=args.port, pace=args.pace)
+    failed: OSError | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(upstream.serve)
+            wire = "HTTP/2 h2c with prior knowledge" if args.http2 else "HTTP/1.1"
+            what = f"{wire}; chat, completions and responses"
+            term.write(f"{upstream.base_url}\n")
+            term.note(
+                f"serving model {upstream.model!r} at {upstream.base_url} ({what}, and the "
+                "probes); Ctrl-C stops"
+            )
+            await interrupted.wait()
+            nursery.cancel_scope.cancel()
+    except* OSError as group:
+        failed = _first_leaf(group)
+    if failed is not None:
+        term.error(f"cannot listen on {args.host}:{args.port}: {failed.strerror or failed}")
+        return EXIT_USAGE
+    term.note("stopped")
+    return EXIT_OK
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, OSError)
+    return first
+
+
 # --- stream ----------------------------------------------------------------------------------
 
 
 async def run_stream(args: argparse.Namespace, term: Term, interrupted: trio.Event) -> int:
     """Live tokens from any endpoint on stdout; the end and the metrics on stderr."""
     config = make_config(args, args.api)
-    req = TaskRequest(
-        task_id=f"cli-{uuid.uuid4().hex[:12]}",
-        prompt=args.prompt,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-    )
+    req = make_request(args)
     async with OpenAIAdapter(config) as adapter:
         result = await consume(
             adapter, req, on_token=lambda t: term.write(t.text), interrupted=interrupted
@@ -249,7 +325,9 @@ async def run_stream(args: argparse.Namespace, term: Term, interrupted: trio.Eve
         term.error("the stream ended without an End event")
         return EXIT_FAILED
     if end.reason == "cancelled":
-        term.note(f"interrupted: cancelled after {end.tokens_out} tokens; received:", "yellow")
+        term.note(
+            f"interrupted: cancelled after {plural(end.tokens_out, 'token')}; received:", "yellow"
+        )
         term.err.write(result.text + "\n")
         term.err.flush()
     elif end.error is not None:
@@ -270,33 +348,7 @@ class CheckRow:
     name: str
     status: str  # "pass" | "fail" | "skip"
     detail: str
-
-
-def grammar_problem(events: list[Event]) -> str | None:
-    """Why `events` is not `Started Token* Metrics? End` (or `End` alone), else `None`."""
-    if not events or not isinstance(events[-1], End):
-        return "the stream did not end with End"
-    end = events[-1]
-    body = events[:-1]
-    if any(isinstance(e, End) for e in body):
-        return "more than one End"
-    if not body:
-        return None
-    if not isinstance(body[0], Started):
-        return f"the first event is {type(body[0]).__name__}, not Started"
-    rest = body[1:]
-    if rest and isinstance(rest[-1], Metrics):
-        rest = rest[:-1]
-    elif end.reason != "cancelled":
-        return "no Metrics before End"
-    for i, event in enumerate(rest):
-        if not isinstance(event, Token):
-            return f"a {type(event).__name__} among the Tokens"
-        if event.index != i:
-            return f"Token index {event.index} where {i} was due"
-    if end.tokens_out != len(rest):
-        return f"End.tokens_out is {end.tokens_out}, {len(rest)} Tokens were delivered"
-    return None
+    error: ErrorInfo | None = None  # what ended the row's stream, when it ended in an error
 
 
 def _describe_props(props: WorkerProps) -> str:
@@ -334,8 +386,8 @@ async def _check_stream(
         err = end.error
         if err.kind is ErrorKind.UPSTREAM_NOT_FOUND and err.status == 404:
             return CheckRow(name, "skip", f"not supported ({describe_error(err)})"), False
-        return CheckRow(name, "fail", describe_error(err)), False
-    if problem := grammar_problem(result.events):
+        return CheckRow(name, "fail", describe_error(err), err), False
+    if problem := stream_problem(result.events):
         return CheckRow(name, "fail", f"event order: {problem}"), True
     if leaked:
         return CheckRow(name, "fail", f"tasks still registered after End: {sorted(leaked)}"), True
@@ -351,7 +403,9 @@ async def _check_stream(
     http = started.http_version if started is not None else "?"
     return (
         CheckRow(
-            name, "pass", f"{len(result.tokens)} tokens, finish {end.reason}, {usage}, {http}"
+            name,
+            "pass",
+            f"{plural(len(result.tokens), 'token')}, finish {end.reason}, {usage}, {http}",
         ),
         True,
     )
@@ -372,11 +426,13 @@ async def _check_cancel(args: argparse.Namespace, api: Api) -> CheckRow:
     if end.reason == "cancelled":
         if leaked:
             return CheckRow(name, "fail", f"tasks still registered: {sorted(leaked)}")
-        return CheckRow(name, "pass", f"End(cancelled) after {end.tokens_out} token(s)")
+        return CheckRow(name, "pass", f"End(cancelled) after {plural(end.tokens_out, 'token')}")
     if end.error is not None:
         return CheckRow(name, "fail", describe_error(end.error))
     return CheckRow(
-        name, "fail", f"ended {end.reason} with {end.tokens_out} tokens instead of cancelled"
+        name,
+        "fail",
+        f"ended {end.reason} with {plural(end.tokens_out, 'token')} instead of cancelled",
     )
 
 
@@ -389,13 +445,20 @@ async def collect_checks(args: argparse.Namespace) -> list[CheckRow]:
         rows.append(CheckRow("health", status, health.detail))
         if not health.live:
             return rows
-        rows.append(CheckRow("props", "pass", _describe_props(await adapter.props())))
+        props = await adapter.props()
         # The chat stream goes first, through this adapter: LiteLLM names its version only in
         # a header of a completion response, which the version probe below can then use.
         row, ok = await _check_stream(args, "chat", adapter)
         stream_rows = [row]
         if ok and row.status == "pass":
             supported.append("chat")
+        # A refused key makes every probe that needs it say nothing: that is not "this upstream
+        # does not report it" (a PASS), it is a key to fix.
+        refused = row.error if row.error and row.error.kind is ErrorKind.UPSTREAM_AUTH else None
+        if refused is not None and props == WorkerProps():
+            rows.append(CheckRow("props", "fail", f"not read: {_key_refused(refused)}"))
+        else:
+            rows.append(CheckRow("props", "pass", _describe_props(props)))
         version = await adapter.engine_version()
         if version.version == "unknown":
             detail = "unknown (the upstream does not say)"
@@ -403,7 +466,10 @@ async def collect_checks(args: argparse.Namespace) -> list[CheckRow]:
             detail = f"{version.engine} {version.version}"
         if version.server:
             detail += f" (server: {version.server})"
-        rows.append(CheckRow("engine version", "pass", detail))
+        if refused is not None and version.version == "unknown":
+            rows.append(CheckRow("engine version", "fail", f"not read: {_key_refused(refused)}"))
+        else:
+            rows.append(CheckRow("engine version", "pass", detail))
     for api in APIS[1:]:
         row, ok = await _check_stream(args, api)
         stream_rows.append(row)
@@ -415,6 +481,11 @@ async def collect_checks(args: argparse.Namespace) -> list[CheckRow]:
     else:
         rows.append(CheckRow("cancel", "fail", "no api streamed, nothing to cancel"))
     return rows
+
+
+def _key_refused(error: ErrorInfo) -> str:
+    status = f" (HTTP {error.status})" if error.status is not None else ""
+    return f"the upstream refused the API key{status}; set OPENAI_API_KEY to a key it accepts"
 
 
 async def run_check(args: argparse.Namespace, term: Term, interrupted: trio.Event) -> int:
@@ -464,6 +535,7 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
     config = make_config(args, args.api)
     total: int = args.requests
     samples: list[RequestSample] = []
+    messages: dict[str, str] = {}  # error kind -> the first message of that kind
     next_index = 0
     stopping = False
 
@@ -483,6 +555,8 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
             error = (end.error.kind.value if end.error is not None else None) or (
                 None if end.reason in _FINISHED else end.reason
             )
+            if error is not None and end.error is not None:
+                messages.setdefault(error, end.error.message)
             samples.append(
                 RequestSample(start, token_times, trio.current_time(), error is None, error)
             )
@@ -523,6 +597,8 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
             "max_tokens": args.max_tokens,
             "interrupted": interrupted.is_set(),
             **report.as_dict(),
+            "error_messages": {kind: messages[kind] for kind in sorted(messages)},
+            "hints": bench_hints(report.errors, args.concurrency),
         }
         term.write(msgspec.json.encode(doc).decode() + "\n")
     else:
@@ -543,7 +619,25 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
             f" ({_fmt(report.tokens_per_s)} tokens/s)\n"
         )
         for kind, count in sorted(report.errors.items()):
-            term.error(f"{count} request(s) failed with {kind}")
+            said = f": {redact(messages[kind])}" if kind in messages else ""
+            term.error(f"{plural(count, 'request')} failed with {kind}{said}")
+        for hint in bench_hints(report.errors, args.concurrency):
+            term.note(f"hint: {hint}", "yellow")
     if interrupted.is_set():
         return EXIT_INTERRUPTED
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def bench_hints(errors: dict[str, int], concurrency: int) -> list[str]:
+    """What a person can do about the failures: streams cut short while others ran are what a
+    server that serves one request at a time does (llama-cpp-python ends the running stream
+    with `[DONE]` and no finish reason when the next request arrives, FACTS.md)."""
+    hints: list[str] = []
+    if errors.get(ErrorKind.WORKER_RESET.value) and concurrency > 1:
+        hints.append(
+            "the upstream cut streams short while others were running (WORKER_RESET); a "
+            "server that serves one request at a time (llama-cpp-python ends the running "
+            "stream with [DONE] and no finish reason when the next request arrives) needs "
+            "--concurrency 1"
+        )
+    return hints

@@ -12,9 +12,14 @@ import os
 from collections.abc import Sequence
 from typing import TextIO
 
-__all__ = ["Term", "render_table"]
+__all__ = ["Term", "plural", "render_table"]
 
 _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 token`, `2 tokens`, `0 tokens` (English nouns of the CLI's output take an `s`)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _wants_color(stream: TextIO) -> bool:

@@ -1,20 +1,24 @@
-"""The test upstream over HTTP/2: the same scripted chat/completions streams as `FakeUpstream`,
-spoken with `h2` over cleartext (prior knowledge, h2c) or TLS with ALPN `h2`.
+"""The test upstream over HTTP/2 (trio + h2, cleartext with prior knowledge — h2c — or TLS with
+ALPN `h2`): it plays the same responder's plans as `FakeUpstream`, on HTTP/2 streams.
 
-It serves the same replies and probes (it is a `FakeUpstream`; only the connection handling
-differs) and adds what HTTP/2 tests need: a record of the frames the client sent that matter
-(`frames`: RST_STREAM with its stream id and error code, GOAWAY), a configurable
-`max_concurrent_streams`, and more steps for a reply — `GoAway` (GOAWAY mid-stream, then
-finish the streams it covers and close), `ResetStream` (RST_STREAM on this stream; as the first
-step, before the headers), `UpdateSettings` (a SETTINGS frame mid-connection) and `Gate` (wait
-for a trio Event, to hold streams open together). A last `Send` carries END_STREAM on its
-DATA frame, so a client that stops at `[DONE]` has seen the end and has nothing to reset.
-`stream_ids` maps each request's `x-correlation-id` to its stream id.
+What it answers is decided by the `Responder` (it is a `FakeUpstream`; only the wire differs).
+It adds what HTTP/2 tests need: a record of the frames the client sent that matter (`frames`:
+RST_STREAM with its stream id and error code, GOAWAY), a configurable `max_concurrent_streams`,
+the peak of streams open at once, and `stream_ids` (each request's `x-correlation-id` → its
+stream id).
+
+The steps on this wire: `Send` is one DATA frame (split only by flow control) and the last step's
+carries END_STREAM, so a client that stops at `[DONE]` has seen the end and has nothing to reset;
+before the status line, `Send` and a `Hang`'s drip are raw bytes on the connection. `Reset` drops
+the whole connection (TCP RST), as it does over HTTP/1.1: the client sees the connection lost,
+before or after the headers as the plan says. `ResetStream` resets this stream only
+(RST_STREAM; before the headers, a refused stream). `GoAway` sends GOAWAY, refuses new streams,
+finishes the streams it covers, then closes. `UpdateSettings` sends a SETTINGS frame.
 
 Like the client transport, each connection has one writer task, the only one that writes to
-the socket; the responders (one task per stream) change the h2 state and wake it, so a responder
+the socket; the players (one task per stream) change the h2 state and wake it, so a player
 cancelled by the client's RST_STREAM never leaves half a frame behind. A client reset cancels
-that stream's responder at once: the upstream stops generating, as llama-server does.
+that stream's player at once: the upstream stops generating, as llama-server does.
 """
 
 from __future__ import annotations
@@ -31,64 +35,15 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-import msgspec
 import trio
 from hyperframe.frame import GoAwayFrame
 
-from ._script import Hang, RecordedRequest, Reply, Reset, Send, Sleep
-from ._upstream import _MAX_BODY, FakeUpstream, _abort, serving
+from ._responder import Plan
+from ._script import GoAway, UpdateSettings
+from ._upstream import MAX_BODY, FakeUpstream, abort, serving
+from ._wire import play
 
-__all__ = [
-    "Gate",
-    "GoAway",
-    "H2Upstream",
-    "RecordedFrame",
-    "ResetStream",
-    "UpdateSettings",
-    "open_h2_upstream",
-]
-
-_json = msgspec.json.Encoder()
-
-
-@dataclass(frozen=True)
-class GoAway:
-    """Send GOAWAY naming `last_stream_id` (default: this stream) and `error_code`; refuse new
-    streams; finish the streams at or below it, then close the connection."""
-
-    last_stream_id: int | None = None
-    error_code: int = 0
-
-
-@dataclass(frozen=True)
-class ResetStream:
-    """Reset this stream (RST_STREAM) with `error_code`, default INTERNAL_ERROR."""
-
-    error_code: int = h2.errors.ErrorCodes.INTERNAL_ERROR
-
-
-@dataclass(frozen=True)
-class UpdateSettings:
-    """Send a SETTINGS frame mid-connection (`None`: leave that setting as it is)."""
-
-    max_concurrent_streams: int | None = None
-    initial_window_size: int | None = None
-
-    def apply(self, conn: _Conn) -> None:
-        codes = h2.settings.SettingCodes
-        new = {
-            codes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
-            codes.INITIAL_WINDOW_SIZE: self.initial_window_size,
-        }
-        conn.h2.update_settings({k: v for k, v in new.items() if v is not None})
-        conn.wake()
-
-
-@dataclass(frozen=True)
-class Gate:
-    """Wait until `event` is set (tests use it to hold streams open together)."""
-
-    event: trio.Event
+__all__ = ["H2Upstream", "RecordedFrame", "open_h2_upstream"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +75,7 @@ def _ending(nursery: trio.Nursery) -> Iterator[None]:
 
 
 class _Conn:
-    """One server connection: h2 state, one writer, one responder task per stream."""
+    """One server connection: h2 state, one writer, one player task per stream."""
 
     def __init__(self, number: int, stream: trio.abc.Stream, max_streams: int) -> None:
         self.number = number
@@ -142,6 +97,7 @@ class _Conn:
         self._writer_waiter: trio.Event | None = None
         self._window_waiters: list[trio.Event] = []
         self.done = trio.Event()
+        self.reset_sock: Any = None
 
     def wake(self) -> None:
         if self._writer_waiter is not None:
@@ -158,8 +114,31 @@ class _Conn:
         self._window_waiters.append(event)
         await event.wait()
 
-    def finish(self) -> None:
-        """Close the connection once what is queued has been written."""
+    def update_settings(self, step: UpdateSettings) -> None:
+        codes = h2.settings.SettingCodes
+        new = {
+            codes.MAX_CONCURRENT_STREAMS: step.max_concurrent_streams,
+            codes.INITIAL_WINDOW_SIZE: step.initial_window_size,
+        }
+        self.h2.update_settings({k: v for k, v in new.items() if v is not None})
+        self.wake()
+
+    def go_away(self, step: GoAway, sid: int) -> None:
+        """GOAWAY (written after what h2 has queued); the streams above its last id are not
+        processed: their players are cancelled."""
+        last_id = sid if step.last_stream_id is None else step.last_stream_id
+        frame = GoAwayFrame(0, last_stream_id=last_id, error_code=step.error_code)
+        self.raw.append(frame.serialize())
+        self.goaway_last = last_id
+        for other, scope in list(self.scopes.items()):
+            if other > last_id:
+                scope.cancel()
+        self.wake()
+
+    def finish(self, *, reset: Any = None) -> None:
+        """Close the connection once what is queued has been written; with `reset` (the TCP
+        socket), close it with a TCP RST then."""
+        self.reset_sock = reset
         self.done.set()
         self.wake()
 
@@ -172,6 +151,8 @@ class _Conn:
             if data:
                 await self.sock.send_all(data)
             elif self.done.is_set():
+                if self.reset_sock is not None:
+                    abort(self.reset_sock)
                 return
             else:
                 event = self._writer_waiter = trio.Event()
@@ -263,7 +244,7 @@ class H2Upstream(FakeUpstream):
             entry = conn.requests.get(event.stream_id)
             if entry is not None:
                 entry[1].extend(event.data)
-                if len(entry[1]) > _MAX_BODY:
+                if len(entry[1]) > MAX_BODY:
                     raise h2.exceptions.ProtocolError("request body too large")
             conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
@@ -298,15 +279,11 @@ class H2Upstream(FakeUpstream):
     ) -> None:
         raw_headers, body = entry
         headers = {k.decode().lower(): v.decode() for k, v in raw_headers}
-        req = RecordedRequest.received(
-            headers.pop(":method", "GET"),
-            headers.pop(":path", "/"),
-            {k: v for k, v in headers.items() if not k.startswith(":")},
-            bytes(body),
-            at=trio.current_time(),
-        )
-        self.requests.append(req)
-        self.stream_ids[req.headers.get("x-correlation-id", "")] = sid
+        method = headers.pop(":method", "GET")
+        path = headers.pop(":path", "/")
+        headers = {k: v for k, v in headers.items() if not k.startswith(":")}
+        plan = self.answer(method, path, headers, bytes(body), at=trio.current_time())
+        self.stream_ids[headers.get("x-correlation-id", "")] = sid
         self.streams_total += 1
         self._stream_seen.set()
         self._stream_seen = trio.Event()
@@ -314,8 +291,8 @@ class H2Upstream(FakeUpstream):
         conn.peak = max(conn.peak, conn.open)
         self.peak_streams = max(self.peak_streams, conn.peak)
         try:
-            with scope:
-                await self._answer(conn, sock, sid, req)
+            with self._playing(plan), scope:
+                await self._play_on_stream(conn, sock, sid, plan)
         except (h2.exceptions.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -324,123 +301,63 @@ class H2Upstream(FakeUpstream):
             if conn.goaway_last is not None and not conn.scopes:
                 conn.finish()  # every stream the GOAWAY covered is done: close
 
-    async def _answer(self, conn: _Conn, sock: Any, sid: int, req: RecordedRequest) -> None:
-        path = req.path.split("?", 1)[0]
-        if not (req.method == "POST" and path in ("/v1/chat/completions", "/v1/completions")):
-            status, body = self._probe(req, path)
-            await self._plain(conn, sid, status, body)
+    async def _play_on_stream(self, conn: _Conn, sock: Any, sid: int, plan: Plan) -> None:
+        if not await play(plan.before, _H2Wire(conn, sid, sock, raw=True)):
             return
-        reply = self.replies.popleft() if self.replies else Reply()
-        if reply.delay:
-            await trio.sleep(reply.delay)
-        ok, token = self._authorized(req)
-        if not ok:
-            await self._plain(conn, sid, 401, self._unauthorized(token))
-            return
-        if self.loading:
-            body = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
-            await self._plain(conn, sid, 503, body)
-            return
-        if reply.steps is not None and not reply.steps and (reply.status >= 300 or reply.body):
-            await self._plain(
-                conn, sid, reply.status, reply.body, reply.headers, reply.content_type
-            )
-            return
-        steps: list[Any] = (
-            list(reply.steps) if reply.steps is not None else self._default_steps(req, path)
+        headers = [(":status", str(plan.status)), *plan.headers]
+        conn.h2.send_headers(
+            sid, [(k.encode(), v.encode()) for k, v in headers], end_stream=not plan.steps
         )
-        while steps and isinstance(steps[0], ResetStream | UpdateSettings):
-            step = steps.pop(0)  # before the headers: a refused stream, or new settings
-            if isinstance(step, UpdateSettings):
-                step.apply(conn)
-            else:
-                conn.h2.reset_stream(sid, step.error_code)
-                conn.wake()
-                return
-        hdrs = [
-            (":status", str(reply.status)),
-            ("content-type", reply.content_type or "text/event-stream"),
-            ("cache-control", "no-cache"),
-            ("x-request-id", f"req-{len(self.requests)}"),
-            ("server", "fake-upstream-h2"),
-            *reply.headers,
-        ]
-        conn.h2.send_headers(sid, [(k.encode(), v.encode()) for k, v in hdrs])
         conn.wake()
-        self.streams_open += 1
-        try:
-            for i, step in enumerate(steps):
-                if isinstance(step, Send):
-                    last = i == len(steps) - 1
-                    await self._data(conn, sid, step.data, end_stream=last)
-                    if last:
-                        return
-                elif isinstance(step, Gate):
-                    await step.event.wait()
-                elif isinstance(step, Sleep):
-                    await trio.sleep(step.seconds)
-                elif isinstance(step, Reset):
-                    _abort(sock)
-                    conn.finish()
-                    return
-                elif isinstance(step, Hang):
-                    await trio.sleep_forever()
-                elif isinstance(step, GoAway):
-                    last_id = sid if step.last_stream_id is None else step.last_stream_id
-                    frame = GoAwayFrame(0, last_stream_id=last_id, error_code=step.error_code)
-                    conn.raw.append(frame.serialize())
-                    conn.goaway_last = last_id
-                    for other, other_scope in list(conn.scopes.items()):
-                        if other > last_id:
-                            other_scope.cancel()  # not processed, as the GOAWAY says
-                    conn.wake()
-                elif isinstance(step, UpdateSettings):
-                    step.apply(conn)
-                elif isinstance(step, ResetStream):
-                    conn.h2.reset_stream(sid, step.error_code)
-                    conn.wake()
-                    return
+        wire = _H2Wire(conn, sid, sock, raw=False)
+        if plan.steps and await play(plan.steps, wire) and not wire.ended:
             conn.h2.end_stream(sid)
             conn.wake()
-        finally:
-            self.streams_open -= 1
 
-    async def _data(self, conn: _Conn, sid: int, data: bytes, *, end_stream: bool = False) -> None:
+
+class _H2Wire:
+    """One response on an HTTP/2 stream (a `Wire`, see `_wire.py`); `raw`: before its
+    headers, where bytes go onto the connection as they are."""
+
+    def __init__(self, conn: _Conn, sid: int, sock: Any, *, raw: bool) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.sock = sock
+        self.raw = raw
+        self.ended = False  # END_STREAM sent
+
+    async def send(self, data: bytes, *, last: bool) -> None:
+        """DATA frames (as flow control allows); the last step's carries END_STREAM."""
+        conn = self.conn
+        if self.raw:
+            conn.raw.append(data)
+            conn.wake()
+            return
+        end_stream = self.ended = last
         while data:
-            window = min(conn.h2.local_flow_control_window(sid), conn.h2.max_outbound_frame_size)
+            window = min(
+                conn.h2.local_flow_control_window(self.sid), conn.h2.max_outbound_frame_size
+            )
             if window <= 0:
                 await conn.wait_window()
                 continue
             piece, data = data[:window], data[window:]
-            conn.h2.send_data(sid, piece, end_stream=end_stream and not data)
+            conn.h2.send_data(self.sid, piece, end_stream=end_stream and not data)
             conn.wake()
         await trio.lowlevel.checkpoint()
 
-    async def _plain(
-        self,
-        conn: _Conn,
-        sid: int,
-        status: int,
-        body: Any,
-        headers: Any = (),
-        content_type: str | None = None,
-    ) -> None:
-        raw = body if isinstance(body, bytes) else _json.encode(body)
-        if content_type is None:
-            content_type = "application/json" if raw[:1] in (b"{", b"[") else "text/plain"
-        hdrs = [
-            (":status", str(status)),
-            ("content-type", content_type),
-            ("content-length", str(len(raw))),
-            ("server", "fake-upstream-h2"),
-            *headers,
-        ]
-        conn.h2.send_headers(sid, [(k.encode(), v.encode()) for k, v in hdrs], end_stream=not raw)
-        conn.wake()
-        if raw:
-            await self._data(conn, sid, raw)
-            conn.h2.end_stream(sid)
-            conn.wake()
+    def reset_connection(self) -> None:
+        self.conn.finish(reset=self.sock)  # what was sent goes first, as over HTTP/1.1
+
+    def reset_stream(self, error_code: int) -> None:
+        self.conn.h2.reset_stream(self.sid, error_code)
+        self.conn.wake()
+
+    def go_away(self, step: GoAway) -> None:
+        self.conn.go_away(step, self.sid)
+
+    def update_settings(self, step: UpdateSettings) -> None:
+        self.conn.update_settings(step)
 
 
 def open_h2_upstream(**kwargs: Any) -> AbstractAsyncContextManager[H2Upstream]:

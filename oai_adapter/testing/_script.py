@@ -1,9 +1,12 @@
 """What the test upstream says: replies, their steps, and SSE bodies in real servers' shapes.
 
-Sans-IO: these build bytes and plans; `_upstream.FakeUpstream` plays them on a socket. A reply is
-a status, headers, and a list of steps — bytes to send, pauses, a reset or a hang — so any fault
-a test needs (a status, a stall before or after the headers, a drip of keep-alive comments, a
-reset after N tokens, malformed bytes, an error event) is a list, not a new server mode.
+Sans-IO: these build bytes and steps; the `Responder` turns a request and its reply into a plan,
+and the HTTP/1.1 and HTTP/2 front-ends play it. A reply is a status, headers, and a list of
+steps — bytes to send, pauses, a reset or a hang — so any fault a test needs (a status, a stall
+before or after the headers, a drip of keep-alive comments, a reset after N tokens, malformed
+bytes, an error event) is a list, not a new server mode. Each step says what it means on each
+wire; a step only one wire has (`GoAway`, `ResetStream`, `UpdateSettings`) has the nearest
+meaning on the other, so one script plays on both.
 
 Stream shapes: `render_stream` (chat and completions, text only), `render_chat_deltas` (chat
 with reasoning and tool-call deltas) and `render_responses_stream` (the Responses API, in the
@@ -19,17 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+import trio
 
 __all__ = [
+    "Gate",
+    "GoAway",
     "Hang",
     "Reply",
     "Reset",
+    "ResetStream",
     "ResponsesShape",
     "ScriptedToolCall",
     "Send",
     "Sleep",
     "Step",
     "Stream",
+    "UpdateSettings",
     "chat_chunk",
     "completion_chunk",
     "render_chat_deltas",
@@ -61,7 +69,8 @@ class Sleep:
 
 @dataclass(frozen=True)
 class Reset:
-    """Abort the connection (TCP RST) without ending the response."""
+    """Abort the connection (TCP RST) without ending the response — over HTTP/2 too, where it
+    drops every stream of the connection (`ResetStream` resets one)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,45 @@ class Stream:
     pace: float = 0.0
 
 
-Step = Send | Sleep | Reset | Hang | Stream
+@dataclass(frozen=True)
+class Gate:
+    """Wait until `event` is set (tests use it to hold streams open together)."""
+
+    event: trio.Event
+
+
+@dataclass(frozen=True)
+class GoAway:
+    """HTTP/2: send GOAWAY naming `last_stream_id` (default: this stream) and `error_code`;
+    refuse new streams; finish the streams at or below it, then close the connection.
+    HTTP/1.1: close the connection once this response is done."""
+
+    last_stream_id: int | None = None
+    error_code: int = 0
+
+
+#: RFC 9113 §7: the error code of a `ResetStream` unless told.
+INTERNAL_ERROR = 0x2
+
+
+@dataclass(frozen=True)
+class ResetStream:
+    """HTTP/2: reset this stream (RST_STREAM) with `error_code`; as the first step, before the
+    headers (a refused stream). HTTP/1.1, which cannot reset one response: a `Reset`."""
+
+    error_code: int = INTERNAL_ERROR
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """HTTP/2: send a SETTINGS frame mid-connection (`None`: leave that setting as it is).
+    HTTP/1.1 has no settings: nothing."""
+
+    max_concurrent_streams: int | None = None
+    initial_window_size: int | None = None
+
+
+Step = Send | Sleep | Reset | Hang | Stream | Gate | GoAway | ResetStream | UpdateSettings
 
 
 def expand_steps(steps: Iterable[Step], normal: Sequence[Step]) -> list[Step]:

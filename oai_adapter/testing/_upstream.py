@@ -1,16 +1,20 @@
-"""An OpenAI-compatible upstream on loopback, for tests and the demo. HTTP/1.1 on trio + h11.
+"""The test upstream over HTTP/1.1 (trio + h11): a real server on loopback that plays the
+responder's plans.
 
 It is a real server on a real socket (127.0.0.1, port 0 unless told), started with
-`nursery.start(upstream.serve)` or `async with open_upstream() as upstream`. It streams chat,
-legacy completions and responses from a scripted text at a chosen pace (responses in the
-flavor's shape: OpenAI's and vLLM's, llama.cpp's or LiteLLM's, see `render_responses_stream`), serves the probes real engines
-have (`/v1/models`, `/health`, `/props`, `/slots`, `/version`, in the shape of llama.cpp's server
-or of vLLM), and plays scripted replies (`script(...)`), one per completion request, so that
-each attempt of a retried task can meet a different fault.
+`nursery.start(upstream.serve)` or `async with open_upstream() as upstream`. What it answers —
+chat, completions and responses streams, the probes real engines have, scripted replies and
+faults — is decided by the sans-IO `Responder` it is (`_responder.py`); this module only plays a
+`Plan` on an HTTP/1.1 connection, and `H2Upstream` plays the same plans over HTTP/2.
 
 It records what it saw: every request (headers and JSON body), the connections open, and each
 client that went away in the middle of a response (`disconnects`, `disconnected`), which is how
 tests prove that a cancel closed the upstream response.
+
+The steps on this wire: `Send` is one write (a chunk of the chunked body; before the status line,
+raw bytes); `Reset` and `ResetStream` abort the connection with a TCP RST (HTTP/1.1 cannot reset
+one response); `GoAway` closes the connection once the response is done; `UpdateSettings` means
+nothing here. The response ends with the chunked body's terminator after the last step.
 """
 
 from __future__ import annotations
@@ -18,93 +22,45 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any, TypeVar
 
 import h11
-import msgspec
 import trio
 
-from ._script import (
-    Hang,
-    RecordedRequest,
-    Reply,
-    Reset,
-    ResponsesShape,
-    Send,
-    Sleep,
-    Step,
-    Stream,
-    expand_steps,
-    render_responses_stream,
-    render_stream,
-    split_words,
-)
+from ._responder import Plan, Responder
+from ._script import GoAway, Step, UpdateSettings
+from ._wire import play
 
-__all__ = ["FakeUpstream", "open_upstream"]
+__all__ = ["MAX_BODY", "FakeUpstream", "abort", "open_upstream", "serving"]
 
-DEFAULT_TEXT = (
-    "Trio makes structured concurrency feel natural: every task has a parent, every cancel "
-    "has a scope, and nothing outlives the block that started it."
-)
-
-_json = msgspec.json.Encoder()
-_MAX_BODY = 1 << 20
-
-Flavor = Literal["llama.cpp", "vllm", "openai", "litellm"]
-
-#: The Responses stream each flavor sends (vLLM follows OpenAI's shape).
-_RESPONSES_SHAPE: dict[str, ResponsesShape] = {
-    "openai": "openai",
-    "vllm": "openai",
-    "llama.cpp": "llama.cpp",
-    "litellm": "litellm",
-}
+#: The largest request body read (a request is a prompt: 1 MiB is far beyond any test's).
+MAX_BODY = 1 << 20
 
 
-class FakeUpstream:
-    """A scripted OpenAI-compatible server. See the module header."""
+class FakeUpstream(Responder):
+    """A scripted OpenAI-compatible server over HTTP/1.1. See the module header; the options
+    besides the socket's are the `Responder`'s (text, tokens, model, pace, api_key, flavor,
+    slots, n_ctx, missing)."""
 
     def __init__(
         self,
         *,
-        text: str = DEFAULT_TEXT,
-        tokens: Sequence[str] | None = None,
-        model: str = "test-model",
-        pace: float = 0.0,
-        api_key: str | None = None,
-        flavor: Flavor = "llama.cpp",
         ssl_context: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        slots: int = 4,
-        n_ctx: int = 4096,
-        missing: Sequence[str] = (),
+        **responder: Any,
     ) -> None:
-        self.tokens: list[str] = list(tokens) if tokens is not None else split_words(text)
-        self.model = model
-        self.pace = pace
-        self.api_key = api_key
-        self.flavor: Flavor = flavor
+        super().__init__(**responder)
         self.ssl_context = ssl_context
         self.host = host
         self.port = port
-        self.slots = slots
-        self.n_ctx = n_ctx
-        self.replies: deque[Reply] = deque()
-        self.replies_for: dict[str, deque[Reply]] = {}  # by X-Correlation-Id
         self._quiet = trio.lowlevel.ParkingLot()  # unparked whenever a connection/stream ends
-        self.requests: list[RecordedRequest] = []
         self.connections_open = 0
         self.connections_total = 0
-        self.streams_open = 0
         self.disconnects = 0
         self.disconnected = trio.Event()
-        self.probe_overrides: dict[str, tuple[int, Any]] = {}  # path -> (status, JSON body)
-        self.missing = set(missing)  # probe paths answered with 404, e.g. {"/v1/models"}
-        self.loading = False  # answer probes and completions with llama.cpp's 503 "Loading model"
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -114,31 +70,10 @@ class FakeUpstream:
         host = "localhost" if self.ssl_context is not None else self.host
         return f"{scheme}://{host}:{self.port}/v1"
 
-    def script(self, *replies: Reply) -> None:
-        """Queue replies for the next completion requests, one each, in order."""
-        self.replies.extend(replies)
-
-    def script_for(self, correlation_id: str, *replies: Reply) -> None:
-        """Queue replies for the completion requests that carry this `X-Correlation-Id`, so
-        that concurrent tasks each meet their own faults. They go before `script()`'s queue."""
-        self.replies_for.setdefault(correlation_id, deque()).extend(replies)
-
-    def _next_reply(self, req: RecordedRequest) -> Reply:
-        queue = self.replies_for.get(req.headers.get("x-correlation-id", ""))
-        if queue:
-            reply = queue.popleft()
-            if not queue:
-                del self.replies_for[req.headers["x-correlation-id"]]
-            return reply
-        return self.replies.popleft() if self.replies else Reply()
-
     async def wait_quiet(self, connections: int = 0) -> None:
         """Wait until no stream and at most `connections` connections are open."""
         while self.streams_open > 0 or self.connections_open > connections:
             await self._quiet.park()
-
-    def completion_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.method == "POST"]
 
     async def serve(
         self, *, task_status: trio.TaskStatus[FakeUpstream] = trio.TASK_STATUS_IGNORED
@@ -148,6 +83,25 @@ class FakeUpstream:
         async with trio.open_nursery() as nursery:
             task_status.started(self)
             await trio.serve_listeners(self._handle_quietly, listeners, handler_nursery=nursery)
+
+    # --- what both wires share -------------------------------------------------------------
+
+    @contextmanager
+    def _playing(self, plan: Plan) -> Iterator[None]:
+        """While `plan` is played: counted in `streams_open` if it answers a completion."""
+        if plan.completion:
+            self.streams_open += 1
+        try:
+            yield
+        finally:
+            if plan.completion:
+                self.streams_open -= 1
+            self._quiet.unpark_all()
+
+    def _client_gone(self) -> None:
+        """The client went away in the middle of a response."""
+        self.disconnects += 1
+        self.disconnected.set()
 
     # --- connections ---------------------------------------------------------------------
 
@@ -167,10 +121,11 @@ class FakeUpstream:
                 await stream.do_handshake()
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
             while True:
-                req = await self._read_request(conn, stream)
-                if req is None:
+                plan = await self._read_request(conn, stream)
+                if plan is None:
                     return
-                keep = await self._respond(conn, stream, sock, req)
+                with self._playing(plan):
+                    keep = await self._play_plan(conn, stream, sock, plan)
                 if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -185,9 +140,8 @@ class FakeUpstream:
             await trio.aclose_forcefully(stream)
             self.connections_open -= 1
 
-    async def _read_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream
-    ) -> RecordedRequest | None:
+    async def _read_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> Plan | None:
+        """The next request, answered by the responder; `None` when the client is done."""
         head: h11.Request | None = None
         body = bytearray()
         while True:
@@ -201,212 +155,45 @@ class FakeUpstream:
                 head = event
             elif isinstance(event, h11.Data):
                 body += event.data
-                if len(body) > _MAX_BODY:
+                if len(body) > MAX_BODY:
                     raise h11.ProtocolError("request body too large")
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                request = RecordedRequest.received(
+                return self.answer(
                     head.method.decode(),
                     head.target.decode(),
                     {k.decode().lower(): v.decode() for k, v in head.headers},
                     bytes(body),
                     at=trio.current_time(),
                 )
-                self.requests.append(request)
-                return request
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
-    # --- responses -----------------------------------------------------------------------
+    # --- one response --------------------------------------------------------------------
 
-    async def _respond(
-        self, conn: h11.Connection, stream: trio.abc.Stream, sock: Any, req: RecordedRequest
+    async def _play_plan(
+        self, conn: h11.Connection, stream: trio.abc.Stream, sock: Any, plan: Plan
     ) -> bool:
-        path = req.path.split("?", 1)[0]
-        if req.method == "POST" and path in (
-            "/v1/chat/completions",
-            "/v1/completions",
-            "/v1/responses",
-        ):
-            return await self._completion(conn, stream, sock, req, path)
-        status, body = self._probe(req, path)
-        await self._send_plain(conn, stream, status, body)
-        return True
-
-    def _authorized(self, req: RecordedRequest) -> tuple[bool, str]:
-        if self.api_key is None:
-            return True, ""
-        given = req.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else given
-        return token == self.api_key, token
-
-    def _unauthorized(self, token: str) -> dict[str, Any]:
-        # OpenAI echoes the key it was given; so do we, so tests can prove we redact it.
-        return {
-            "error": {
-                "message": f"Incorrect API key provided: {token or '(none)'}.",
-                "type": "invalid_request_error",
-                "code": "invalid_api_key",
-            }
-        }
-
-    def _probe(self, req: RecordedRequest, path: str) -> tuple[int, Any]:
-        loading = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
-        not_found = {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
-        ok, token = self._authorized(req)
-        if req.method != "GET" or path in self.missing:
-            return 404, not_found
-        if path in self.probe_overrides:
-            return self.probe_overrides[path]
-        if path == "/health":
-            if self.flavor == "openai":
-                return 404, not_found
-            return (503, loading) if self.loading else (200, {"status": "ok"})
-        if self.loading:
-            return 503, loading
-        if path in ("/v1/models", "/props", "/slots", "/version", "/metrics") and not ok:
-            return 401, self._unauthorized(token)
-        if path == "/v1/models":
-            entry: dict[str, Any] = {"id": self.model, "object": "model", "created": 1764000000}
-            if self.flavor == "llama.cpp":
-                entry |= {"owned_by": "llamacpp", "meta": {"n_ctx_train": self.n_ctx}}
-            else:
-                entry |= {"owned_by": self.flavor, "max_model_len": self.n_ctx}
-            return 200, {"object": "list", "data": [entry]}
-        if self.flavor == "llama.cpp":
-            per_slot = self.n_ctx // self.slots
-            if path == "/props":
-                return 200, {
-                    "default_generation_settings": {"n_ctx": per_slot, "model": self.model},
-                    "total_slots": self.slots,
-                    "model_path": f"/models/{self.model}.gguf",
-                    "build_info": "b1-0c1e570",
-                }
-            if path == "/slots":
-                busy = min(self.streams_open, self.slots)
-                return 200, [
-                    {"id": i, "is_processing": i < busy, "n_ctx": per_slot}
-                    for i in range(self.slots)
-                ]
-        if self.flavor == "vllm":
-            if path == "/version":
-                return 200, {"version": "0.11.0"}
-            if path == "/metrics":
-                text = (
-                    "# HELP vllm:num_requests_running Number of requests running.\n"
-                    f'vllm:num_requests_running{{model_name="{self.model}"}} {self.streams_open}.0\n'
-                    f'vllm:num_requests_waiting{{model_name="{self.model}"}} 0.0\n'
-                )
-                return 200, text.encode()
-        return 404, not_found
-
-    async def _send_plain(
-        self,
-        conn: h11.Connection,
-        stream: trio.abc.Stream,
-        status: int,
-        body: Any,
-        headers: Sequence[tuple[str, str]] = (),
-        content_type: str | None = None,
-    ) -> None:
-        raw = body if isinstance(body, bytes) else _json.encode(body)
-        if content_type is None:
-            content_type = "application/json" if raw[:1] in (b"{", b"[") else "text/plain"
-        hdrs = [
-            ("content-type", content_type),
-            ("content-length", str(len(raw))),
-            ("server", "fake-upstream"),
-            *headers,
-        ]
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=hdrs)) or b"")
-        await stream.send_all(
-            (conn.send(h11.Data(data=raw)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        )
-
-    async def _completion(
-        self,
-        conn: h11.Connection,
-        stream: trio.abc.Stream,
-        sock: Any,
-        req: RecordedRequest,
-        path: str,
-    ) -> bool:
-        reply = self._next_reply(req)
-        before = [*([Sleep(reply.delay)] if reply.delay else []), *reply.before]
-        if before and not await self._play(conn, stream, sock, before, raw=True):
+        """Play `plan` on this connection. True: the connection can serve the next request."""
+        if plan.before and not await self._play(conn, stream, sock, plan.before, raw=True):
             return False
-        ok, token = self._authorized(req)
-        if not ok:
-            await self._send_plain(conn, stream, 401, self._unauthorized(token))
-            return True
-        if self.loading:
-            body = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
-            await self._send_plain(conn, stream, 503, body)
-            return True
-        if reply.steps is not None and not reply.steps and (reply.status >= 300 or reply.body):
-            await self._send_plain(
-                conn, stream, reply.status, reply.body, reply.headers, reply.content_type
-            )
-            return True
-        steps = expand_steps(
-            reply.steps if reply.steps is not None else [Stream()],
-            self._default_steps(req, path),
-        )
-        content_type = reply.content_type or "text/event-stream"
-        hdrs = [
-            ("content-type", content_type),
-            ("cache-control", "no-cache"),
-            ("x-request-id", f"req-{len(self.requests)}"),
-            ("server", "fake-upstream"),
-            *reply.headers,
-        ]
-        await stream.send_all(
-            conn.send(h11.Response(status_code=reply.status, headers=hdrs)) or b""
-        )
-        return await self._play(conn, stream, sock, steps)
-
-    def _default_steps(self, req: RecordedRequest, path: str) -> list[Step]:
-        body = req.json if isinstance(req.json, dict) else {}
-        tokens = self.tokens
-        finish: Literal["stop", "length"] = "stop"
-        limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        if path.endswith("/responses"):
-            limit = body.get("max_output_tokens")
-        if isinstance(limit, int) and 0 < limit < len(tokens):
-            tokens, finish = tokens[:limit], "length"
-        if path.endswith("/responses"):
-            return render_responses_stream(
-                tokens,
-                shape=_RESPONSES_SHAPE[self.flavor],
-                finish=finish,
-                usage=(_prompt_tokens(body), len(tokens)),
-                model=self.model,
-                pace=self.pace,
-            )
-        usage = None
-        options = body.get("stream_options") or {}
-        if isinstance(options, dict) and options.get("include_usage"):
-            usage = (_prompt_tokens(body), len(tokens))
-        api: Literal["chat", "completions"] = (
-            "chat" if path.endswith("chat/completions") else "completions"
-        )
-        return render_stream(
-            api, tokens, finish=finish, usage=usage, model=self.model, pace=self.pace
-        )
+        head = h11.Response(status_code=plan.status, headers=list(plan.headers))
+        await stream.send_all(conn.send(head) or b"")
+        return await self._play(conn, stream, sock, plan.steps)
 
     async def _play(
         self,
         conn: h11.Connection,
         stream: trio.abc.Stream,
         sock: Any,
-        steps: list[Step],
+        steps: Sequence[Step],
         *,
         raw: bool = False,
     ) -> bool:
         """Send the steps while watching for the client going away. True: keep the connection.
         `raw`: before the status line — bytes go out as they are and the response is not ended."""
         gone = False
-        self.streams_open += 1
+        wire = _H11Wire(conn, stream, sock, raw=raw)
         try:
             async with trio.open_nursery() as nursery:
 
@@ -427,48 +214,49 @@ class FakeUpstream:
 
                 nursery.start_soon(watch)
                 try:
-                    for step in steps:
-                        if isinstance(step, Send):
-                            data = step.data if raw else conn.send(h11.Data(data=step.data))
-                            await stream.send_all(data or b"")
-                        elif isinstance(step, Sleep):
-                            await trio.sleep(step.seconds)
-                        elif isinstance(step, Reset):
-                            _abort(sock)
-                            return False
-                        elif isinstance(step, Hang):
-                            while step.drip:
-                                await trio.sleep(step.every)
-                                data = step.drip if raw else conn.send(h11.Data(data=step.drip))
-                                await stream.send_all(data or b"")
-                            await trio.sleep_forever()
+                    if not await play(steps, wire):
+                        return False
                     if not raw:
                         await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     gone = True
                 nursery.cancel_scope.cancel()
         finally:
-            self.streams_open -= 1
-            self._quiet.unpark_all()
             if gone:
-                self.disconnects += 1
-                self.disconnected.set()
-        return not gone
+                self._client_gone()
+        return wire.keep and not gone
 
 
-def _prompt_tokens(body: dict[str, Any]) -> int:
-    if isinstance(body.get("prompt"), str):
-        return len(split_words(body["prompt"]))
-    count = 0
-    for m in body.get("messages") or body.get("input") or []:
-        if isinstance(m, dict) and isinstance(m.get("content"), str):
-            count += len(split_words(m["content"]))
-    if isinstance(body.get("input"), str):
-        count = len(split_words(body["input"]))
-    return count
+class _H11Wire:
+    """One response on an HTTP/1.1 connection (a `Wire`, see `_wire.py`)."""
+
+    def __init__(
+        self, conn: h11.Connection, stream: trio.abc.Stream, sock: Any, *, raw: bool
+    ) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.sock = sock
+        self.raw = raw
+        self.keep = True  # the connection may serve the next request
+
+    async def send(self, data: bytes, *, last: bool) -> None:
+        """One write: a chunk of the chunked body, or raw bytes before the status line."""
+        await self.stream.send_all(data if self.raw else self.conn.send(h11.Data(data=data)) or b"")
+
+    def reset_connection(self) -> None:
+        abort(self.sock)
+
+    def reset_stream(self, error_code: int) -> None:
+        abort(self.sock)  # HTTP/1.1 cannot reset one response: the connection goes
+
+    def go_away(self, step: GoAway) -> None:
+        self.keep = False  # close once this response is done
+
+    def update_settings(self, step: UpdateSettings) -> None:
+        """HTTP/1.1 has no settings."""
 
 
-def _abort(sock: Any) -> None:
+def abort(sock: Any) -> None:
     """Close with RST: linger on, timeout 0."""
     if sock is not None:
         try:

@@ -82,6 +82,7 @@ class AdapterHost:
         assert nursery is not None
         self._nursery = None  # no new bind or submit
         for pool in self._pools.values():
+            pool.closed = True
             for rep in [*pool.replicas.values(), *pool.draining]:
                 rep.evict("closing")
         nursery.cancel_scope.cancel()
@@ -197,7 +198,7 @@ class AdapterHost:
                     with trio.move_on_after(self.policy.drain_timeout if rep.drain else 0.0):
                         await rep.wait_idle()
                 finally:
-                    rep.evict(rep.draining or "closing")
+                    rep.evict("closing" if pool.closed or rep.draining is None else rep.draining)
                     with trio.move_on_after(EXIT_GRACE, shield=True):
                         await rep.wait_idle()
         finally:

@@ -21,7 +21,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 from ._log import ENGINE, TASK_FIELDS, log
 
-__all__ = ["ACTOR", "Action", "narrate"]
+__all__ = ["ACTOR", "Action", "Level", "narrate"]
 
 ACTOR: Final = "adapter-host"
 

@@ -32,7 +32,7 @@ from ._budget import RetryBudget
 from ._config import AdapterConfig
 from ._errors import ErrorKind
 from ._events import WorkerProps
-from ._hostlog import narrate
+from ._hostlog import Action, Level, narrate
 from ._hostpolicy import HostPolicy
 from ._log import ENGINE
 from ._routing import Load, choose
@@ -217,14 +217,14 @@ class Replica:
 
     def narrate(
         self,
-        level: Literal["DEBUG", "INFO", "WARNING"],
-        action: str,
+        level: Level,
+        action: Action,
         message: str,
         **fields: Any,
     ) -> None:
         narrate(
             level,
-            action,  # type: ignore[arg-type]
+            action,
             message,
             pool_id=self.pool.pool_id,
             replica_id=self.replica_id,
@@ -254,6 +254,7 @@ class Pool:
         self.failovers = 0
         self.budget_refused = 0
         self.counts: dict[str, _Counts] = {}
+        self.closed = False  # the host is closing: no placement, every eviction ends the task
 
     def register(self, task: TaskState) -> None:
         """A task entered `submit` (taken before the submission's `try`)."""
@@ -332,6 +333,8 @@ class Pool:
         self, now: float, session_id: str | None, exclude: set[str], rng: random.Random
     ) -> tuple[Replica | None, str, int | None]:
         """The replica to place a task on and why; or None, why not, and `retry_after_ms`."""
+        if self.closed:
+            return None, "the host closed", None
         self.poll_breakers(now)
         candidates: list[Replica] = []
         reasons: list[str] = []

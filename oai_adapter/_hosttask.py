@@ -416,11 +416,14 @@ class _Driver:
                     attempt=attempts + 1,
                 )
                 try:
-                    await self._try(rep, attempts)
-                    return
+                    ending = await self._try(rep, attempts)
                 except _Failed as failed:
                     error = failed.error
                     attempts += failed.attempts
+                else:
+                    if ending is not None:  # ended by the host, after leaving the replica
+                        await self._end(ending)
+                    return
                 tried.add(rep.replica_id)
                 previous = rep
                 if failovers >= policy.max_failovers:
@@ -434,9 +437,10 @@ class _Driver:
                 )
             )
 
-    async def _try(self, rep: Replica, attempts_before: int) -> None:
-        """The task on `rep`. Returns when it ended there (its `End` handed on); raises
-        `_Failed` when it failed before `Started` in a way that may fail over."""
+    async def _try(self, rep: Replica, attempts_before: int) -> ErrorInfo | None:
+        """The task on `rep`. Returns None when it ended there (its `End` handed on), or the
+        error to end it with once it has left `rep` (a drain or the host's exit evicted it);
+        raises `_Failed` when it failed before `Started` in a way that may fail over."""
         pool, task, req = self.pool, self.task, self.req
         adapter = rep.adapter
         assert adapter is not None
@@ -457,12 +461,12 @@ class _Driver:
                                 if self.first_token_at is None:
                                     self.first_token_at = now
                                 self.last_token_at = now
-                                self.tokens += 1
                                 batch = self.pipe.open
                                 if batch is not None and len(batch) < MAX_BATCH:
                                     batch.append(event)
                                 else:
                                     await self.pipe.put_new(event)
+                                self.tokens += 1  # handed on (a cancelled send is not)
                                 continue
                             if cls is Started:
                                 assert isinstance(event, Started)
@@ -496,7 +500,7 @@ class _Driver:
                                     raise _Failed(error, 1 + placement.retries)
                                 await self._put(event)
                                 self.end_sent = True
-                                return
+                                return None
                             await self._put(event)
             reason = task.evicted
             if scope.cancelled_caught and reason is not None:
@@ -507,8 +511,7 @@ class _Driver:
                 )
                 error = ErrorInfo(kind=ErrorKind.POOL_UNAVAILABLE, message=what, retryable=True)
                 if self.started is not None or reason == "closing":
-                    await self._end(error)
-                    return
+                    return error  # not a failover: ended once it has left the replica
                 raise _Failed(error, 1 + placement.retries)
             raise RuntimeError("the adapter's stream ended without an End event")  # a bug
         finally:

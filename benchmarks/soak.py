@@ -76,14 +76,13 @@ from oai_adapter import (  # noqa: E402
 from oai_adapter.testing import (  # noqa: E402
     FakeUpstream,
     Fault,
+    Hang,
     Reply,
+    Reset,
     Send,
-    Step,
-    Stream,
     check_stream,
     render_stream,
 )
-from oai_adapter.testing._script import expand_steps  # noqa: E402
 
 TASKS = 100_000
 QUICK_TASKS = 10_000
@@ -132,16 +131,20 @@ RETRY = RetryPolicy(max_attempts=2, base=0.01, cap=0.1)
 NORMAL = render_stream("chat", TOKENS, usage=(1, len(TOKENS)), model="test-model")
 
 
-def coalesced(steps: Sequence[Step]) -> Reply:
-    """A 200 playing `steps` (`Stream` parts expanded from `NORMAL`) with runs of bytes joined
-    into one write each: a whole stream goes out in one or two segments, not one per token."""
-    out: list[Step] = []
-    for step in expand_steps(steps, NORMAL):
-        if isinstance(step, Send) and out and isinstance(out[-1], Send):
-            out[-1] = Send(out[-1].data + step.data)
-        else:
-            out.append(step)
-    return Reply(steps=out)
+def _split_after(tokens: int) -> tuple[bytes, bytes]:
+    """`NORMAL`'s bytes cut after its first `tokens` token frames: (head, rest)."""
+    parts: tuple[list[bytes], list[bytes]] = ([], [])
+    seen = 0
+    for step in NORMAL:
+        assert isinstance(step, Send)
+        seen += step.token
+        parts[seen > tokens].append(step.data)
+    return b"".join(parts[0]), b"".join(parts[1])
+
+
+#: Fault.malformed's default bytes: a truncated JSON event.
+OK = Reply(steps=[Send(b"".join(step.data for step in NORMAL if isinstance(step, Send)))])
+MALFORMED = next(s.data for s in Fault.malformed().steps or () if isinstance(s, Send))
 
 
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
@@ -156,14 +159,16 @@ def random_reply(name: str, rng: random.Random) -> Reply:
         # OpenAI's shape: both headers; the adapter prefers the millisecond one.
         ms = rng.randrange(20, 100)
         return Fault.status(429, retry_after="1", retry_after_ms=str(ms))
+    # The stream goes out in one write (or two around a fault), not one write per token: the
+    # soak is about lifecycles, and a write per token would double its CPU time.
+    head, rest = _split_after(k)
     if name == "reset":
-        return coalesced(Fault.reset_after(k).steps or ())
+        return Reply(steps=[Send(head), Reset()])
     if name == "stall":
-        # hangs until the client goes away: the idle timeout cuts it
-        return coalesced(Fault.stall_after(k).steps or ())
+        return Reply(steps=[Send(head), Hang()])  # until the client goes away: idle cuts it
     if name == "malformed":
-        return coalesced(Fault.malformed(after_tokens=k).steps or ())
-    return coalesced([Stream()])
+        return Reply(steps=[Send(head), Send(MALFORMED + rest)])
+    return OK
 
 
 class Replies:
@@ -852,7 +857,13 @@ async def _soak(opts: Options, report: Report) -> None:
                 turn += 1
                 fresh = await replicas.start(replica_id)
                 old = replicas.live[replica_id]
-                await pool.bind(replica_id, config_for(fresh, replica_id))
+                bound = False
+                try:
+                    await pool.bind(replica_id, config_for(fresh, replica_id))
+                    bound = True
+                finally:
+                    if not bound:  # cancelled at the end of the load, or the bind failed
+                        replicas.stop(fresh)
                 replicas.live[replica_id] = fresh
                 replicas.retire(replica_id, old, within)
                 report.rebinds += 1
@@ -892,7 +903,7 @@ async def _soak(opts: Options, report: Report) -> None:
         echo(f"[{'after':>8}] {report.checkpoints['after']}")
         report.failures.extend(replicas.failures)
         report.scripted = replicas.scripted()
-        for upstream in list(replicas.live.values()):
+        for upstream in list(replicas.scopes):
             replicas.stop(upstream)
     report.wall = time.monotonic() - wall_start
 

@@ -1033,6 +1033,13 @@ def write_outputs(report: Report, out_dir: str, title: str) -> str:
     return path
 
 
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=None)
@@ -1056,13 +1063,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"soak: {tasks:,} tasks, {opts.concurrency} at a time, {opts.mode} over "
         f"{len(REPLICAS)} replicas, {opts.sessions:,} sessions, {opts.cancel_share:.0%} "
         f"cancelled after the first token, a rebind every {opts.rebind_every} s, "
-        f"answers {faults}, seed {opts.seed}",
+        f"answers {faults}, seed {opts.seed}; load average {_load()}",
         flush=True,
     )
     report = trio.run(soak, opts)
     reasons = verdict(report)
     for line in summary(report):
         print(line)
+    print(f"load average at the end: {_load()}")
     line = verdict_line(report, reasons)
     png = write_outputs(report, args.out, f"soak ({opts.mode}): {line[:110]}")
     print(f"plot: {png}")

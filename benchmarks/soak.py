@@ -1072,7 +1072,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print(f"load average at the end: {_load()}")
     line = verdict_line(report, reasons)
-    png = write_outputs(report, args.out, f"soak ({opts.mode}): {line[:110]}")
+    first, last = report.at(0.2), report.at(1.0)
+    growth = f"RSS {last.rss / first.rss - 1:+.1%} from 20 % to 100 %" if first and last else ""
+    title = (
+        f"soak ({opts.mode}): {'FAIL' if reasons else 'PASS'} — {tasks:,} tasks in "
+        f"{report.wall:.0f} s, {report.violations} violations, {growth}"
+    )
+    png = write_outputs(report, args.out, title)
     print(f"plot: {png}")
     print(line)
     return 1 if reasons else 0

@@ -13,20 +13,25 @@ setup:
 demo *ARGS: setup
     {{uv}} run --locked --quiet oai-adapter demo {{ARGS}}
 
+# A small orchestrator on an AdapterHost (examples/orchestrator.py): a job queue, workers, three
+# replicas on embedded servers, deadlines, a replica restarted mid-run, cancel on shutdown.
+example *ARGS: setup
+    {{uv}} run --locked --quiet python examples/orchestrator.py {{ARGS}}
+
 # Run the test suite.
 test *ARGS: setup
     {{uv}} run --locked --quiet pytest -q {{ARGS}}
 
 # ruff + mypy strict.
 lint: setup
-    {{uv}} run --locked --quiet ruff check oai_adapter tests benchmarks compat
-    {{uv}} run --locked --quiet ruff format --check oai_adapter tests benchmarks compat
+    {{uv}} run --locked --quiet ruff check oai_adapter tests benchmarks compat examples
+    {{uv}} run --locked --quiet ruff format --check oai_adapter tests benchmarks compat examples
     {{uv}} run --locked --quiet mypy
 
 # Reformat the code.
 fmt: setup
-    {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks compat
-    {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks compat
+    {{uv}} run --locked --quiet ruff format oai_adapter tests benchmarks compat examples
+    {{uv}} run --locked --quiet ruff check --fix oai_adapter tests benchmarks compat examples
 
 # Benchmarks: print figures and ratios (never asserted in tests). `just bench --quick` for a smoke run.
 bench *ARGS: setup

@@ -23,6 +23,10 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# One percentile for the CLI's `bench` and these programs (linear between ranks, numpy's
+# default); tests/test_bench_stats.py covers it. Re-exported for the programs.
+from oai_adapter._cli._stats import percentile as percentile  # noqa: E402
+
 
 @contextmanager
 def upstream_process() -> Iterator[int]:
@@ -74,15 +78,6 @@ class Summary:
 
 def summarize(values: Sequence[float]) -> Summary:
     return Summary(statistics.median(values), min(values), max(values), len(values))
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of unsorted values."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, round(p / 100.0 * len(s) + 0.5) - 1))
-    return s[k]
 
 
 def rss_kib() -> int:

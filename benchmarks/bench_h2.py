@@ -18,6 +18,7 @@ import time
 import trio
 
 from oai_adapter import AdapterConfig, OpenAIAdapter, TaskRequest, Token
+from oai_adapter._cli._stats import percentile
 from oai_adapter.testing import FakeUpstream, H2Upstream, Hang, Reply, Send, chat_chunk, sse
 
 CANCELS = 300
@@ -87,11 +88,6 @@ async def throughput(http2: bool) -> tuple[float, int]:
     return count / elapsed, upstream.connections_total
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-
 async def main(quick: bool) -> dict[str, float]:
     global CANCELS
     if quick:
@@ -103,8 +99,10 @@ async def main(quick: bool) -> dict[str, float]:
         name = "HTTP/2  (RST_STREAM)" if http2 else "HTTP/1.1 (close)    "
         proto = "h2" if http2 else "h1"
         out[f"cancel_{proto}_p50_ms"] = statistics.median(lat) * 1e3
-        out[f"cancel_{proto}_p99_ms"] = pct(lat, 0.99)
-        print(f"  {name}  median {statistics.median(lat) * 1e3:7.3f}  p99 {pct(lat, 0.99):7.3f}")
+        out[f"cancel_{proto}_p99_ms"] = percentile(lat, 99) * 1e3
+        print(
+            f"  {name}  median {statistics.median(lat) * 1e3:7.3f}  p99 {percentile(lat, 99) * 1e3:7.3f}"
+        )
     print(f"\nthroughput: {STREAMS} concurrent streams × {TOKENS} tokens (tokens/s, consumer side)")
     for http2 in (True, False):
         rate, conns = await throughput(http2)

@@ -37,6 +37,7 @@ from ._hoststats import ReplicaStatistics as ReplicaStatistics
 from ._hoststats import ReplicaStatus as ReplicaStatus
 from ._redact import Secret as Secret
 from ._stream import EventStream as EventStream
+from ._stream import EventStreamStatistics as EventStreamStatistics
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,7 @@ __all__ = [
     "ErrorKind",
     "Event",
     "EventStream",
+    "EventStreamStatistics",
     "HealthStatus",
     "HostPolicy",
     "HostStatistics",

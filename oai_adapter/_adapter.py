@@ -1,41 +1,48 @@
 """`OpenAIAdapter`: one endpoint, one shared HTTP client, a registry of running tasks.
 
+The adapter owns an `Endpoint` (config, client, URL, retry jitter and budget, what the upstream
+told us) while it is open, and a `TaskRegistry`; `submit` hands both to a `Submission`, the
+probes get the `Endpoint`. Nothing below reaches back up into the adapter.
+
 A task runs from entering `submit` until its consumer has read `End` (or left the block); while
 it runs its id is in the registry and `cancel(task_id)` can end it. `cancel` only sets a flag
 and cancels the reader's scope, so it is a plain function: it cannot block (trio's rule: only
-what may block is `async`), and it is safe from any task of the same trio run.
+what may block is `async`), and it is safe from any task of the same trio run — but not from
+another thread: a cancel scope is not thread-safe, and cancelling one from outside the run
+wedges it. `cancel` compares the calling thread with the one that opened the adapter before it
+touches anything (one `get_ident()` call: it is on the hot path of a busy orchestrator).
 """
 
 from __future__ import annotations
 
 import random
-import uuid
-from collections.abc import Awaitable, Callable
+import threading
 from dataclasses import dataclass
 from types import TracebackType
 
 import httpx2
-import trio
 
-from ._body import build_body, endpoint_path
 from ._budget import RetryBudget
 from ._config import AdapterConfig, TaskRequest
-from ._events import EngineVersion, Event, HealthStatus, WorkerProps
+from ._endpoint import Endpoint, UpstreamInfo
+from ._events import EngineVersion, HealthStatus, WorkerProps
 from ._http import Upstream
-from ._log import TaskLog, adapter_fields
 from ._observe import Telemetry
-from ._stream import CHANNEL_BATCHES, Submission
-from ._task import TaskState, run_task
+from ._probes import probe_engine_version, probe_health, probe_props
+from ._registry import TaskRegistry
+from ._stream import NOT_OPEN, Submission
 
 __all__ = ["AdapterStatistics", "OpenAIAdapter"]
 
 
 @dataclass(frozen=True, slots=True)
 class AdapterStatistics:
-    """A snapshot: tasks in the registry now, and tasks submitted since the adapter opened."""
+    """A snapshot: tasks in the registry now, tasks submitted since the adapter was made, and
+    background drains of finished responses still running (connections kept for reuse)."""
 
     running: int
     submitted: int
+    draining: int = 0
 
 
 class OpenAIAdapter:
@@ -53,25 +60,30 @@ class OpenAIAdapter:
         if not isinstance(config, AdapterConfig):
             raise TypeError("OpenAIAdapter needs an AdapterConfig")
         self.config = config
-        self.retry_budget = retry_budget or RetryBudget.from_policy(config.retry)
+        self._retry_budget = retry_budget or RetryBudget.from_policy(config.retry)
         self._transport = transport
-        self._upstream: Upstream | None = None
-        self._tasks: dict[str, TaskState] = {}
-        self._submitted = 0
-        self._telemetry: Telemetry | None = None  # set by `oai_adapter.otel.instrument`
-        self.endpoint = config.base_url + endpoint_path(config.api)
-        self.engine_version_cache: str | None = None
-        self.litellm_version: str | None = None  # from `x-litellm-version` on a stream response
-        self.rng = random.Random()  # retry jitter; tests may seed or replace it
+        self._endpoint: Endpoint | None = None
+        self._registry = TaskRegistry()
+        self._telemetry: Telemetry | None = None  # see `attach_telemetry`
+        self._info = UpstreamInfo()
+        self._rng = random.Random()  # retry jitter; tests may seed or replace it
+        self._thread: int | None = None  # the thread of the trio run that opened the adapter
 
     # --- lifetime ------------------------------------------------------------------------
 
     async def __aenter__(self) -> OpenAIAdapter:
-        if self._upstream is not None:
+        if self._endpoint is not None:
             raise RuntimeError("this OpenAIAdapter is already open")
         upstream = Upstream(self.config, transport=self._transport)
-        await upstream.open()  # the HTTP/2 transport's connection tasks live in its nursery
-        self._upstream = upstream
+        await upstream.open()  # the transport's tasks and the drains live in its nurseries
+        self._endpoint = Endpoint(
+            self.config,
+            upstream,
+            retry_budget=self._retry_budget,
+            rng=self._rng,
+            info=self._info,
+        )
+        self._thread = threading.get_ident()
         return self
 
     async def __aexit__(
@@ -83,17 +95,54 @@ class OpenAIAdapter:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the shared client (and every pooled connection). Call it from the task that
-        opened the adapter (`__aexit__` does): it exits the client's transport nursery."""
-        upstream, self._upstream = self._upstream, None
-        if upstream is not None:
-            await upstream.aclose()  # bounded and shielded inside; see `Upstream.aclose`
+        """End the background drains and close the shared client (every pooled connection).
+        Call it from the task that opened the adapter (`__aexit__` does): it exits the
+        nurseries `__aenter__` opened."""
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            await endpoint.upstream.aclose()  # bounded and shielded inside; see `Upstream.aclose`
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """What tasks and probes are given: config, client, URL, rng, budget, upstream info."""
+        if self._endpoint is None:
+            raise RuntimeError(NOT_OPEN)
+        return self._endpoint
 
     @property
     def upstream(self) -> Upstream:
-        if self._upstream is None:
-            raise RuntimeError("use the adapter inside `async with OpenAIAdapter(config)`")
-        return self._upstream
+        return self.endpoint.upstream
+
+    @property
+    def retry_budget(self) -> RetryBudget:
+        return self._retry_budget
+
+    @property
+    def rng(self) -> random.Random:
+        """The retry jitter's random source; tests may seed or replace it."""
+        return self._rng
+
+    @rng.setter
+    def rng(self, rng: random.Random) -> None:
+        self._rng = rng
+        if self._endpoint is not None:
+            self._endpoint.rng = rng
+
+    @property
+    def engine_version_cache(self) -> str | None:
+        """ "<engine> <version>" from the last `engine_version()` that found one, else None."""
+        return self._info.engine_version
+
+    @property
+    def litellm_version(self) -> str | None:
+        """`x-litellm-version` of the last stream response that carried it, else None."""
+        return self._info.litellm_version
+
+    def attach_telemetry(self, telemetry: Telemetry | None) -> None:
+        """Report every task submitted from now on to `telemetry` (`None`: stop). Tasks
+        already running keep the telemetry they started with. `oai_adapter.otel.instrument`
+        calls this."""
+        self._telemetry = telemetry
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -103,86 +152,50 @@ class OpenAIAdapter:
         Entering raises `ValueError` when `req.task_id` is already running or `req` does not fit
         the configured api; every upstream failure arrives as `End(reason="error")`.
         """
-        return Submission(self, req)
+        # The endpoint as it is now (None when the adapter is not open: entering says so).
+        return Submission(self._endpoint, self._registry, req, self._telemetry)
 
     def cancel(self, task_id: str) -> bool:
-        """End a running task. True if it was running (its next event is `End(cancelled)`)."""
-        state = self._tasks.get(task_id)
-        if state is None or state.cancel_requested:
-            return False
-        state.cancel_requested = True
-        state.scope.cancel()
-        return True
+        """End a running task. True if it was running (its next event is `End(cancelled)`).
+
+        Call it from the adapter's trio run; from another thread use
+        `trio.from_thread.run_sync(adapter.cancel, task_id)`."""
+        if self._thread is not None and threading.get_ident() != self._thread:
+            raise RuntimeError(
+                "OpenAIAdapter.cancel() was called from another thread than the adapter's trio"
+                " run; call it there, e.g. trio.from_thread.run_sync(adapter.cancel, task_id)"
+            )
+        return self._registry.cancel(task_id)
 
     def running(self) -> frozenset[str]:
         """The ids of the tasks running now."""
-        return frozenset(self._tasks)
+        return self._registry.running()
 
     def statistics(self) -> AdapterStatistics:
-        return AdapterStatistics(running=len(self._tasks), submitted=self._submitted)
-
-    def _prepare(
-        self, req: object
-    ) -> tuple[
-        TaskState, Callable[[], Awaitable[None]], trio.MemoryReceiveChannel[list[Event]], TaskLog
-    ]:
-        """Validate, register and set up a task; the reader is started by the caller."""
-        if not isinstance(req, TaskRequest):
-            raise TypeError("submit() takes a TaskRequest")
-        self.upstream  # noqa: B018 - raises when the adapter is not open
-        config = self.config
-        body = build_body(config.api, config.model, req, include_usage=config.include_usage)
-        if req.task_id in self._tasks:
-            raise ValueError(f"task {req.task_id!r} is already running")
-        started_at = trio.current_time()
-        correlation_id = req.correlation_id or uuid.uuid4().hex
-        headers = {"x-correlation-id": correlation_id, "accept": "text/event-stream"}
-        telemetry = self._telemetry
-        tlog = TaskLog(
-            started_at=started_at,
-            telemetry=telemetry.start_task(config, req, correlation_id) if telemetry else None,
-            job_id=req.task_id,
-            session_id=req.session_id,
-            correlation_id=correlation_id,
-            **adapter_fields(self),
+        registry = self._registry.statistics()
+        endpoint = self._endpoint
+        return AdapterStatistics(
+            running=registry.running,
+            submitted=registry.submitted,
+            draining=endpoint.upstream.draining if endpoint is not None else 0,
         )
-        state = TaskState(req.task_id)
-        send, receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
-        self._tasks[req.task_id] = state
-        self._submitted += 1
-        self.retry_budget.record_submit()
-
-        async def start_reader() -> None:
-            await run_task(self, state, req, body, headers, send, tlog, started_at)
-
-        return state, start_reader, receive, tlog
-
-    def _unregister(self, state: TaskState) -> None:
-        if self._tasks.get(state.task_id) is state:
-            del self._tasks[state.task_id]
 
     # --- probes --------------------------------------------------------------------------
 
     async def health(self) -> HealthStatus:
         """Live and ready? Never raises for a down upstream."""
-        from ._probes import probe_health
-
-        return await probe_health(self)
+        return await probe_health(self.endpoint)
 
     async def props(self) -> WorkerProps:
         """Slots and context length, where the upstream says."""
-        from ._probes import probe_props
-
-        return await probe_props(self)
+        return await probe_props(self.endpoint)
 
     async def engine_version(self) -> EngineVersion:
         """Engine, version, model digest and web server, where the upstream says."""
-        from ._probes import probe_engine_version
-
-        version = await probe_engine_version(self)
-        if version.version != "unknown":
-            self.engine_version_cache = f"{version.engine} {version.version}"
-        return version
+        return await probe_engine_version(self.endpoint)
 
     def __repr__(self) -> str:
-        return f"<OpenAIAdapter {self.config.base_url} model={self.config.model!r} running={len(self._tasks)}>"
+        return (
+            f"<OpenAIAdapter {self.config.base_url} model={self.config.model!r}"
+            f" running={len(self._registry)}>"
+        )

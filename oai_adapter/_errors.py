@@ -120,6 +120,11 @@ class WorkerError(Exception):
         return (_rebuild, (self.info(),))
 
 
+class ProtocolError(ValueError):
+    """The upstream sent bytes that are not the event stream we expect (a sans-IO mapper's
+    complaint; the reader turns it into `ErrorKind.PROTOCOL`)."""
+
+
 def _rebuild(info: ErrorInfo) -> WorkerError:
     return info.to_exception()
 
@@ -201,14 +206,14 @@ def kind_for_code(*codes: object) -> ErrorKind | None:
     return None
 
 
-class _ErrorBody(msgspec.Struct, gc=False):
+class ErrorBody(msgspec.Struct, gc=False):
     message: str | None = None
     type: str | None = None
     code: str | int | None = None
 
 
 class _ErrorEnvelope(msgspec.Struct, gc=False):
-    error: _ErrorBody | str | None = None
+    error: ErrorBody | str | None = None
     detail: str | None = None
     message: str | None = None
 
@@ -216,7 +221,7 @@ class _ErrorEnvelope(msgspec.Struct, gc=False):
 _error_decoder: Final = msgspec.json.Decoder(_ErrorEnvelope)
 
 
-def _parse_error_body(body: bytes) -> tuple[str, _ErrorBody | None]:
+def _parse_error_body(body: bytes) -> tuple[str, ErrorBody | None]:
     """The upstream's message and error object, from JSON, an SSE error frame or plain text."""
     text = body.strip()
     if text.startswith(b"data:"):  # LiteLLM answers some 500s with an SSE error frame
@@ -226,7 +231,7 @@ def _parse_error_body(body: bytes) -> tuple[str, _ErrorBody | None]:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         # RecursionError: msgspec's answer to JSON nested ~2,000 deep (FACTS.md)
         return body.decode("utf-8", "replace").strip(), None
-    if isinstance(envelope.error, _ErrorBody):
+    if isinstance(envelope.error, ErrorBody):
         return envelope.error.message or envelope.error.type or "", envelope.error
     if isinstance(envelope.error, str):
         return envelope.error, None
@@ -248,7 +253,7 @@ def error_from_status(
 
 
 def error_from_event(
-    payload: _ErrorBody | None, *, first: bool, fallback_message: str = ""
+    payload: ErrorBody | None, *, first: bool, fallback_message: str = ""
 ) -> WorkerError:
     """The error for an error event inside a 2xx stream.
 

@@ -25,7 +25,7 @@ Invariants:
   draining after a GOAWAY are still counted and closed with the transport.
 - Bounded waits: connecting, the peer's SETTINGS (a new connection's first stream waits one
   round trip for them, so we never open more streams than the peer allows) and a stream slot
-  all share the request's connect timeout; `aclose` gives the GOAWAYs `_CLOSE_GRACE` to flush.
+  all share the request's connect timeout; `aclose` gives the GOAWAYs `CLOSE_GRACE` to flush.
 - Every stream this transport starts is released exactly once: by the response body's
   `aclose()`, or here when sending the request or waiting for its head fails or is cancelled.
 - Errors surface as httpx2 exceptions, which `_errors.error_from_transport` maps: connect
@@ -55,6 +55,7 @@ from ._h2connection import (
     ResponseBody,
     Stream,
 )
+from ._transport import CLOSE_GRACE  # the one grace of shielded cleanups (its precedent there)
 
 __all__ = ["ALPN", "CONNECTION_WINDOW", "STREAM_WINDOW", "H2Statistics", "H2Transport"]
 
@@ -65,9 +66,6 @@ ALPN: Final = ("h2", "http/1.1")
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"host", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-
-#: Seconds `aclose` waits for the GOAWAY to be flushed before dropping the sockets.
-_CLOSE_GRACE: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +149,13 @@ class H2Transport(httpx2.AsyncBaseTransport):
         conns = list(self._all)
         for conn in conns:
             conn.close_soon()
-        with trio.move_on_after(_CLOSE_GRACE, shield=True):
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
             for conn in conns:
                 await conn.finished.wait()
         for conn in conns:
             conn.scope.cancel()
         if self._http1 is not None:
-            with trio.move_on_after(_CLOSE_GRACE, shield=True):
+            with trio.move_on_after(CLOSE_GRACE, shield=True):
                 await self._http1.aclose()
 
     def statistics(self) -> H2Statistics:

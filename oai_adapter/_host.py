@@ -18,6 +18,7 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Final
@@ -39,6 +40,7 @@ from ._hoststats import (
     ReplicaStatus,
 )
 from ._hosttask import HostSubmission
+from ._hosttelemetry import HostTelemetry
 
 __all__ = ["EXIT_GRACE", "AdapterHost"]
 
@@ -59,6 +61,7 @@ class AdapterHost:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._token: trio.lowlevel.TrioToken | None = None
+        self._telemetry: HostTelemetry | None = None
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -106,6 +109,17 @@ class AdapterHost:
         except KeyError:
             raise KeyError(f"no pool {pool_id!r} is bound") from None
 
+    def attach_telemetry(self, telemetry: HostTelemetry | None) -> None:
+        """Report failovers, budget refusals and breaker transitions of every pool to
+        `telemetry`, and every adapter of the host, open now or opened later (`None`
+        detaches). See `oai_adapter.otel.instrument_host`."""
+        self._telemetry = telemetry
+        for pool in self._pools.values():
+            pool.telemetry = telemetry
+            for rep in [*pool.replicas.values(), *pool.draining]:
+                if telemetry is not None and rep.adapter is not None:
+                    telemetry.adapter_opened(rep.adapter)
+
     # --- registry ------------------------------------------------------------------------
 
     async def bind(self, pool_id: str, replica_id: str, config: AdapterConfig) -> None:
@@ -131,6 +145,7 @@ class AdapterHost:
         created = pool is None
         if pool is None:
             pool = self._pools[pool_id] = Pool(pool_id, self.policy, config.model)
+            pool.telemetry = self._telemetry
         rep = Replica(pool, replica_id, config)
         try:
             await nursery.start(self._serve, rep)
@@ -188,6 +203,8 @@ class AdapterHost:
         try:
             async with OpenAIAdapter(rep.config, retry_budget=pool.budget) as adapter:
                 rep.adapter = adapter
+                if pool.telemetry is not None:
+                    pool.telemetry.adapter_opened(adapter)
                 try:
                     await self._probe(rep, first=True)
                     task_status.started()
@@ -354,6 +371,9 @@ class AdapterHost:
                     running=rep.running,
                     draining=rep.draining is not None,
                     open_until=rep.breaker.open_until,
+                    capacity=rep.capacity,
+                    slots_total=rep.props.slots_total if rep.props is not None else None,
+                    engine=rep.engine,
                 )
             )
         detail = f"{ready} of {len(pool.replicas)} replica(s) take tasks"
@@ -446,11 +466,12 @@ class AdapterHost:
         return f"<AdapterHost pools={sorted(self._pools)}>"
 
 
-def _sum(values: object) -> int | None:
-    known = [v for v in values if v is not None]  # type: ignore[attr-defined]
+def _sum(values: Iterable[int | None]) -> int | None:
+    """The sum of the known values; None when none is known."""
+    known = [v for v in values if v is not None]
     return sum(known) if known else None
 
 
-def _min(values: object) -> int | None:
-    known = [v for v in values if v is not None]  # type: ignore[attr-defined]
+def _min(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
     return min(known) if known else None

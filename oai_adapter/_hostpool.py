@@ -34,12 +34,14 @@ from ._errors import ErrorKind
 from ._events import WorkerProps
 from ._hostlog import Action, Level, narrate
 from ._hostpolicy import HostPolicy
+from ._hosttelemetry import HostTelemetry
 from ._log import ENGINE
 from ._routing import Load, choose
 
 __all__ = [
     "BLAMES_REPLICA",
     "BREAKER_FAILURES",
+    "Outcome",
     "Placement",
     "Pool",
     "PoolBudget",
@@ -222,6 +224,14 @@ class Replica:
         message: str,
         **fields: Any,
     ) -> None:
+        telemetry = self.pool.telemetry
+        if telemetry is not None:  # the same steps as the narration, from the same place
+            if action == "failover":
+                telemetry.failover(self.pool.pool_id, self.replica_id)
+            elif action == "retry-budget":
+                telemetry.budget_refused(self.pool.pool_id, self.replica_id)
+            elif action == "breaker":
+                telemetry.breaker(self.pool.pool_id, self.replica_id, fields["breaker"])
         narrate(
             level,
             action,
@@ -255,6 +265,7 @@ class Pool:
         self.budget_refused = 0
         self.counts: dict[str, _Counts] = {}
         self.closed = False  # the host is closing: no placement, every eviction ends the task
+        self.telemetry: HostTelemetry | None = None  # `AdapterHost.attach_telemetry`
 
     def register(self, task: TaskState) -> None:
         """A task entered `submit` (taken before the submission's `try`)."""
@@ -276,6 +287,7 @@ class Pool:
                     "INFO",
                     "breaker",
                     f"breaker half-open: replica {rep.replica_id} gets one trial task",
+                    breaker="half_open",
                 )
 
     def may_open(self, rep: Replica) -> bool:
@@ -287,7 +299,7 @@ class Pool:
         return not_closed <= self.policy.max_ejected * len(bound)
 
     def record(
-        self, rep: Replica, outcome: Outcome, trial: bool, now: float, cause: str = ""
+        self, rep: Replica, outcome: Outcome, trial: int, now: float, cause: str = ""
     ) -> None:
         """A task's try on `rep` ended: move its breaker, narrate any transition."""
         breaker = rep.breaker
@@ -306,10 +318,14 @@ class Pool:
                 "breaker",
                 f"breaker open: replica {rep.replica_id} gets no task for {until - now:g} s after "
                 f"{breaker.consecutive_failures} consecutive failures ({cause})",
+                breaker=state,
             )
         elif state is not None:
             rep.narrate(
-                "INFO", "breaker", f"breaker {state.replace('_', '-')}: replica {rep.replica_id}"
+                "INFO",
+                "breaker",
+                f"breaker {state.replace('_', '-')}: replica {rep.replica_id}",
+                breaker=state,
             )
 
     # --- routing -------------------------------------------------------------------------

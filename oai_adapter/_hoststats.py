@@ -25,7 +25,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaStatus:
-    """One replica in `PoolHealth`: `ready` from its last probe; `draining` while unbinding."""
+    """One replica in `PoolHealth`: `ready` from its last probe; `draining` while unbinding;
+    `capacity`, `slots_total` and `engine` as routing and the capability snapshot see them."""
 
     replica_id: str
     live: bool
@@ -34,6 +35,9 @@ class ReplicaStatus:
     running: int
     draining: bool
     open_until: float | None
+    capacity: int | None = None  # what routing divides `running` by (slots, else max_connections)
+    slots_total: int | None = None  # from its last props probe, when the server says
+    engine: str | None = None  # "engine version", when known
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,7 @@ from ._hostpolicy import HostPolicy
 from ._hostpool import (
     BLAMES_REPLICA,
     BREAKER_FAILURES,
+    Outcome,
     Placement,
     Pool,
     Replica,
@@ -254,7 +255,7 @@ class HostSubmission:
         return None
 
 
-def _outcome(end: End) -> tuple[str, str]:
+def _outcome(end: End) -> tuple[Outcome, str]:
     """How the breaker sees a try that ended with `end`: success, failure or neither."""
     if end.reason in _FINISH:
         return "success", ""
@@ -447,7 +448,8 @@ class _Driver:
         placement = Placement()
         task.evicted = None
         trial = rep.enter(task)
-        outcome, cause = "neither", ""
+        outcome: Outcome = "neither"
+        cause = ""
         try:
             with trio.CancelScope() as scope:
                 task.attempt_scope = scope
@@ -515,7 +517,7 @@ class _Driver:
                 raise _Failed(error, 1 + placement.retries)
             raise RuntimeError("the adapter's stream ended without an End event")  # a bug
         finally:
-            pool.record(rep, outcome, trial, trio.current_time(), cause)  # type: ignore[arg-type]
+            pool.record(rep, outcome, trial, trio.current_time(), cause)
             rep.leave(task)
 
     def _after_end(self, rep: Replica, end: End, placement: Placement) -> None:

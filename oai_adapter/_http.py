@@ -16,11 +16,34 @@ CONNECT tunnelling, and httpcore2's HTTP/2 would not cancel). The client is ente
 
 Timeouts: httpx2 bounds connect (`Timeouts.connect`) and each write; reads are bounded by the
 adapter's own trio deadlines (first token, idle, total), which know what a parsed event is.
+
+A response's whole life is here (STYLE.md 14): `open_stream()` sends and hands back an
+`UpstreamResponse` (status, headers, `next_chunk()`, a bounded error-body read, a bounded drain),
+and closes it, shielded and bounded, when its block is left. A caller that read the upstream's
+end marker (`[DONE]`, a terminal event) calls `keep_connection()`, which hands the body's tail
+to a background drain owned by the `Upstream` (its nursery lives from `open()` to `aclose()`):
+the caller's `End` never waits for it, and the connection still goes back to the pool. The
+drain starts before the caller sends its `End`, so on a server that ends the body with the end
+marker (all of FACTS.md's) it is usually done before the next request looks for a connection;
+that is likely, not certain (two tasks race), and costs a connect when lost. `aclose()` cancels
+every drain still running; each closes its response within `CLOSE_GRACE`. `aclose_now()` ends
+one drain early (a cancel that comes after the upstream finished).
+
+Numbers: `CLOSE_GRACE` (1 s, from `_transport`, with its precedent) bounds every shielded close
+here. `DRAIN_GRACE` (50 ms) and
+`MAX_DRAIN` (64 KiB): after `[DONE]` only the chunked terminator (5 bytes) or a closing frame is
+due, and it comes in the same segment on every server in FACTS.md; a server that holds the body
+open (hypercorn over HTTP/2) costs its connection, not a wait. `MAX_ERROR_BODY` (64 KiB): error
+bodies are a few hundred bytes (FACTS.md, "Error bodies"); `MAX_PROBE_BYTES` (1 MiB): `/models`
+of a LiteLLM proxy with hundreds of models is ~100 KiB.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Final
 
 import httpx2
@@ -30,18 +53,39 @@ from ._config import AdapterConfig, dropped_credential
 from ._errors import ErrorKind, make_error
 from ._h2transport import ALPN as H2_ALPN
 from ._h2transport import H2Transport
+from ._log import log
 from ._tls import build_ssl_context, shared_ssl_context
-from ._transport import ClosingTransport
+from ._transport import CLOSE_GRACE, ClosingTransport
 
-__all__ = ["Upstream", "build_ssl_context"]
+__all__ = [
+    "CLOSE_GRACE",
+    "DRAIN_GRACE",
+    "MAX_DRAIN",
+    "MAX_ERROR_BODY",
+    "MAX_PARSED_URLS",
+    "MAX_PROBE_BYTES",
+    "Upstream",
+    "UpstreamResponse",
+    "UpstreamStatistics",
+    "build_ssl_context",
+    "parse_url",
+    "parsed_url_count",
+]
 
 #: Headers whose value names the upstream's request id, most specific first.
 REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-litellm-call-id", "x-trace-id")
 
 _USER_AGENT: Final = "oai-adapter/0.1"
 
-#: Seconds closing the client may take (as `_task.CLEANUP_GRACE`).
-_CLOSE_GRACE: Final = 1.0
+#: Seconds, and bytes, read after the stream's end marker to let the connection be reused.
+DRAIN_GRACE: Final = 0.05
+MAX_DRAIN: Final = 64 * 1024
+
+#: Most bytes of an error response body read to find the upstream's message.
+MAX_ERROR_BODY: Final = 64 * 1024
+
+#: Most bytes of a probe's answer read.
+MAX_PROBE_BYTES: Final = 1 << 20
 
 #: Idle connections kept for reuse, at most. httpcore2 (2.16) walks the whole pool and polls
 #: the socket of every idle connection on each request and each response close, so a pool
@@ -61,6 +105,9 @@ class Upstream:
         self.config = config
         self.base_url = config.base_url
         self._entered = False
+        self._drains: trio.Nursery | None = None  # background drains, open from `open()`
+        self._drains_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._draining = 0
         limits = httpx2.Limits(
             max_connections=config.max_connections,
             max_keepalive_connections=min(config.max_connections, MAX_KEEPALIVE),
@@ -112,20 +159,87 @@ class Upstream:
         )
 
     async def open(self) -> None:
-        """Enter the client (and so its transport's nursery); `aclose()` in the same task."""
+        """Enter the client (and so its transport's nursery), then open the nursery that holds
+        the background drains; `aclose()` in the same task (trio's scopes close LIFO)."""
         await self.client.__aenter__()
         self._entered = True
+        # Entered by hand, not with `async with`: the nursery lives from the adapter's
+        # `__aenter__` to its `aclose()`, two calls of the user's task, and closes before the
+        # client it drains responses of.
+        drains = trio.open_nursery()
+        self._drains = await drains.__aenter__()
+        self._drains_cm = drains
 
     async def aclose(self) -> None:
-        """Close the client. With our HTTP/2 transport this exits its nursery, so it runs in no
+        """End every background drain (each closes its response, shielded and bounded), then
+        close the client. With our HTTP/2 transport this exits its nursery, so it runs in no
         cancel scope of its own (trio's scopes close in LIFO order); the transport bounds its
         own cleanup. Otherwise the close is shielded and bounded here."""
+        drains, drains_cm = self._drains, self._drains_cm
+        self._drains = self._drains_cm = None
+        if drains is not None and drains_cm is not None:
+            drains.cancel_scope.cancel()
+            await drains_cm.__aexit__(None, None, None)
         entered, self._entered = self._entered, False
         if entered and isinstance(self.transport, H2Transport):
             await self.client.__aexit__(None, None, None)
             return
-        with trio.move_on_after(_CLOSE_GRACE, shield=True):
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
             await self.client.aclose()
+
+    @property
+    def draining(self) -> int:
+        """Background drains running now."""
+        return self._draining
+
+    def statistics(self) -> UpstreamStatistics:
+        """A snapshot: background drains running, and the transport's connections when it
+        says (our HTTP/1.1 and HTTP/2 transports do; a transport given by the caller may not)."""
+        connections = idle = None
+        transport = self.transport
+        if isinstance(transport, ClosingTransport):
+            connections, idle = transport.pool_statistics()
+        elif isinstance(transport, H2Transport):
+            connections = transport.statistics().connections
+        return UpstreamStatistics(
+            draining=self._draining, connections=connections, idle_connections=idle
+        )
+
+    def open_stream(
+        self,
+        url: str,
+        *,
+        json: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        method: str = "POST",
+    ) -> StreamOpening:
+        """`async with upstream.open_stream(url, json=body) as resp:` — send the request and
+        hand back its response; leaving the block closes it (see the module header).
+
+        Raises what sending raises: `WorkerError` (POLICY) for a host outside `allowed_hosts`,
+        `httpx2.HTTPError` or `OSError` when no response came."""
+        return StreamOpening(self, method, url, json, headers)
+
+    def _release(self, resp: UpstreamResponse) -> bool:
+        """Hand a finished response's tail to a background drain. False when no drain
+        nursery is open (the caller then drains inline)."""
+        drains = self._drains
+        if drains is None:
+            return False
+        self._draining += 1  # given back in `_drain`'s finally
+        drains.start_soon(self._drain, resp)
+        return True
+
+    async def _drain(self, resp: UpstreamResponse) -> None:
+        try:
+            with resp._drain_scope:
+                await resp.drain()
+        except Exception as exc:  # a background job must not break the adapter's block
+            log.opt(exception=exc).debug("a background drain failed; the connection is closed")
+        finally:
+            self._draining -= 1
+            await resp.aclose()
+            resp._closed.set()
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -155,7 +269,7 @@ class Upstream:
         json: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx2.Request:
-        target = _parse_url(url)
+        target = parse_url(url)
         self.check_egress(target)
         hdrs: dict[str, str] = dict(headers or {})
         if json is not None:
@@ -170,25 +284,194 @@ class Upstream:
         """Send; a redirect is never followed (the caller sees the 3xx and maps it)."""
         return await self.client.send(request, stream=stream, follow_redirects=False)
 
-    async def get(self, url: str) -> httpx2.Response:
-        """A small GET (probes): the body is read in full, at most `_MAX_PROBE_BYTES`."""
-        request = self.build_request("GET", url, headers={"accept": "application/json"})
-        response = await self.send(request, stream=True)
-        chunks = response.aiter_raw()
+    async def get(self, url: str) -> tuple[int, httpx2.Headers, bytes]:
+        """A small GET (probes): status, headers and the body, at most `MAX_PROBE_BYTES`."""
+        async with self.open_stream(
+            url, method="GET", headers={"accept": "application/json"}
+        ) as resp:
+            body = await resp.read_body(MAX_PROBE_BYTES, errors=True)
+            return resp.status, resp.headers, body
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamStatistics:
+    """A snapshot of an `Upstream`: background drains running, and the transport's pooled
+    connections (`None` when the transport does not say; `idle_connections` is HTTP/1.1's)."""
+
+    draining: int
+    connections: int | None
+    idle_connections: int | None
+
+
+class StreamOpening:
+    """What `Upstream.open_stream()` returns: an async context manager (see there)."""
+
+    __slots__ = ("_headers", "_json", "_method", "_resp", "_upstream", "_url")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        method: str,
+        url: str,
+        json: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self._upstream = upstream
+        self._method = method
+        self._url = url
+        self._json = json
+        self._headers = headers
+        self._resp: UpstreamResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        upstream = self._upstream
+        request = upstream.build_request(
+            self._method, self._url, json=self._json, headers=self._headers
+        )
+        response = await upstream.send(request, stream=True)
+        self._resp = resp = UpstreamResponse(response, upstream)
+        return resp
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        resp, self._resp = self._resp, None
+        if resp is None:
+            return
+        if resp.released:
+            return  # a background drain has it, and closes it
+        # `keep_connection(in_background=False)` asked for the tail: read it unless the block
+        # is being cancelled (a `Cancelled` or another BaseException: close at once).
+        if resp.keep and not resp.ended and (exc is None or isinstance(exc, Exception)):
+            try:
+                await resp.drain()
+            finally:
+                await resp.aclose()
+            return
+        await resp.aclose()
+
+
+class UpstreamResponse:
+    """One response, open: `status`, `headers`, `http_version`, `request_id`, and its body
+    read raw, chunk by chunk, with `next_chunk()` (or `async for`). Reads raise what the
+    transport raises (`httpx2.HTTPError`, `OSError`); the caller maps them, since only it knows
+    whether the stream had started."""
+
+    __slots__ = (
+        "_chunks",
+        "_closed",
+        "_drain_scope",
+        "_next",
+        "_response",
+        "_upstream",
+        "ended",
+        "headers",
+        "http_version",
+        "keep",
+        "released",
+        "request_id",
+        "status",
+    )
+
+    _drain_scope: trio.CancelScope  # both set by `keep_connection()` before a background drain
+    _closed: trio.Event
+
+    def __init__(self, response: httpx2.Response, upstream: Upstream) -> None:
+        self._response = response
+        self._upstream = upstream
+        self.status = response.status_code
+        self.headers = response.headers
+        self.http_version = http_version(response)
+        self.request_id = request_id(response.headers)
+        self._chunks = chunks = response.aiter_raw()
+        self._next = chunks.__anext__
+        self.ended = False  # the body was read to its end
+        self.keep = False  # drain when the block is left: `keep_connection(in_background=False)`
+        self.released = False  # handed to a background drain: `keep_connection()`
+
+    async def next_chunk(self) -> bytes | None:
+        """The next network read of the body, `None` at its end."""
         try:
-            body = bytearray()
-            async for chunk in chunks:
-                body += chunk
-                if len(body) > _MAX_PROBE_BYTES:
+            return await self._next()
+        except StopAsyncIteration:
+            self.ended = True
+            return None
+
+    def __aiter__(self) -> UpstreamResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.next_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    def keep_connection(self, *, in_background: bool = True) -> None:
+        """The upstream said it finished: read the body's tail so the connection goes back to
+        the pool instead of being closed. By default a background drain of the `Upstream` takes
+        the response now (do not read it afterwards; the block's exit does not wait for it);
+        with `in_background=False` (or when the `Upstream` has no drain nursery), the block's
+        exit drains it, bounded by `DRAIN_GRACE`, if it is left without an exception."""
+        if self.ended or self.released or self.keep:
+            return
+        if in_background:
+            self._drain_scope = trio.CancelScope()
+            self._closed = trio.Event()
+            if self._upstream._release(self):
+                self.released = True
+                return
+        self.keep = True
+
+    async def aclose_now(self) -> None:
+        """Close the response now: a background drain of it is cancelled and waited for
+        (its close is bounded by `CLOSE_GRACE`). A cancel after the upstream finished uses it,
+        so the response is closed by the time the cancel's `End` is read."""
+        if self.released:
+            self._drain_scope.cancel()
+            await self._closed.wait()
+        else:
+            await self.aclose()
+
+    async def read_body(self, limit: int = MAX_ERROR_BODY, *, errors: bool = True) -> bytes:
+        """The rest of the body, at most `limit` bytes. With `errors` (the default) a transport
+        error ends the read with what came before it; without, it is raised."""
+        body = bytearray()
+        try:
+            while len(body) < limit:
+                chunk = await self.next_chunk()
+                if chunk is None:
                     break
-            response._content = bytes(body[:_MAX_PROBE_BYTES])
-        finally:
-            await chunks.aclose()  # closed here, not left to the garbage collector
-            await response.aclose()
-        return response
+                body += chunk
+        except (httpx2.HTTPError, OSError):
+            if not errors:
+                raise
+        return bytes(body[:limit])
 
+    async def drain(self, grace: float = DRAIN_GRACE, limit: int = MAX_DRAIN) -> bool:
+        """Read and drop what is left of the body, within `grace` seconds and `limit` bytes.
+        True when the body ended (the connection can be reused)."""
+        drained = 0
+        with trio.move_on_after(grace):
+            try:
+                while (chunk := await self.next_chunk()) is not None:
+                    drained += len(chunk)
+                    if drained > limit:
+                        return False
+            except (httpx2.HTTPError, OSError):
+                return False
+        return self.ended
 
-_MAX_PROBE_BYTES: Final = 1 << 20
+    async def aclose(self) -> None:
+        """Close the body's reader and the response, shielded and bounded by `CLOSE_GRACE`."""
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            try:
+                await self._chunks.aclose()
+                await self._response.aclose()
+            except (httpx2.HTTPError, OSError):
+                pass
 
 
 def request_id(headers: httpx2.Headers) -> str | None:
@@ -204,19 +487,24 @@ def http_version(response: httpx2.Response) -> str:
     return "HTTP/2" if version in ("HTTP/2", "HTTP/2.0") else version
 
 
-#: Parsed URLs by their text (the endpoint, the probe paths): at most `_MAX_PARSED_URLS`.
+#: Parsed URLs by their text (the endpoint, the probe paths): at most `MAX_PARSED_URLS`.
 _parsed_urls: dict[str, httpx2.URL] = {}
-_MAX_PARSED_URLS: Final = 64
+MAX_PARSED_URLS: Final = 64
 
 
-def _parse_url(url: str) -> httpx2.URL:
+def parsed_url_count() -> int:
+    """URLs in the parse cache now (at most `MAX_PARSED_URLS`)."""
+    return len(_parsed_urls)
+
+
+def parse_url(url: str) -> httpx2.URL:
     """`httpx2.URL(url)`, parsed once per text. Every task targets the same endpoint; a `str`
     costs ≈ 12 µs to parse here and again in the client's `build_request`, a `URL` ≈ 0.5 µs.
     `httpx2.URL` is immutable, so one instance serves every request."""
     parsed = _parsed_urls.get(url)
     if parsed is None:
         parsed = httpx2.URL(url)
-        if len(_parsed_urls) >= _MAX_PARSED_URLS:
+        if len(_parsed_urls) >= MAX_PARSED_URLS:
             _parsed_urls.clear()  # rare (many endpoints in one process): start over
         _parsed_urls[url] = parsed
     return parsed

@@ -20,6 +20,7 @@ httpx2's, whose DEBUG records show response header values (an upstream may echo 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx2
@@ -32,11 +33,17 @@ from ._redact import redact, redact_value
 if TYPE_CHECKING:
     from loguru import Logger, Record
 
-    from ._adapter import OpenAIAdapter
     from ._events import End, Metrics
     from ._observe import TaskTelemetry
 
-__all__ = ["ENGINE", "ERROR_FIELDS", "TASK_FIELDS", "TaskLog", "adapter_log", "log"]
+__all__ = [
+    "ENGINE",
+    "ERROR_FIELDS",
+    "TASK_FIELDS",
+    "TaskLog",
+    "adapter_log",
+    "log",
+]
 
 ENGINE: Final = "openai-http"
 
@@ -320,26 +327,14 @@ class TaskLog:
                 )
 
 
-def adapter_log(adapter: OpenAIAdapter, **extra: Any) -> Logger:
+def adapter_log(adapter_fields: Mapping[str, Any], **extra: Any) -> Logger:
     """A logger for the adapter's own records (the probes): the task fields are all present,
-    `None` where they belong to a task, so one schema serves every record of the library."""
+    `None` where they belong to a task, so one schema serves every record of the library.
+    `adapter_fields`: the fields of the endpoint (`Endpoint.log_fields()`)."""
     fields: dict[str, Any] = dict.fromkeys(TASK_FIELDS)
-    fields.update(adapter_fields(adapter))
+    fields.update(adapter_fields)
     fields.update(extra)
     return log.bind(**fields)
-
-
-def adapter_fields(adapter: OpenAIAdapter) -> dict[str, Any]:
-    """The standard fields that belong to the adapter, not to one task."""
-    config = adapter.config
-    return {
-        "engine": ENGINE,
-        "engine_version": adapter.engine_version_cache,
-        "pool_id": config.pool_id,
-        "replica_id": config.replica_id,
-        "model": config.model,
-        "api": config.api,
-    }
 
 
 def _ms(value: float | None) -> str:

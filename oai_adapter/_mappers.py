@@ -31,7 +31,14 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import ErrorKind, WorkerError, _ErrorBody, error_from_event, make_error
+from ._errors import (
+    ErrorBody,
+    ErrorKind,
+    ProtocolError,
+    WorkerError,
+    error_from_event,
+    make_error,
+)
 from ._events import EndReason, Event, ReasoningDelta, Token
 from ._tools import ToolCalls
 
@@ -44,10 +51,6 @@ __all__ = [
     "nested_too_deeply",
     "usage_count",
 ]
-
-
-class ProtocolError(ValueError):
-    """The upstream sent bytes that are not the event stream we expect."""
 
 
 # --- wire views ------------------------------------------------------------------------------
@@ -89,7 +92,7 @@ class _Usage(msgspec.Struct, gc=False):
 class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] | None = None
     usage: _Usage | None = None
-    error: _ErrorBody | str | None = None
+    error: ErrorBody | str | None = None
 
 
 _chunk_decoder: Final = msgspec.json.Decoder(_Chunk)
@@ -213,7 +216,7 @@ class ChatMapper(Mapper):
         except RecursionError:
             raise nested_too_deeply(data) from None
         if chunk.error is not None or name == "error":
-            body = chunk.error if isinstance(chunk.error, _ErrorBody) else None
+            body = chunk.error if isinstance(chunk.error, ErrorBody) else None
             said = chunk.error if isinstance(chunk.error, str) else ""
             self.error = error_from_event(body, first=self.events_seen == 1, fallback_message=said)
             self.done = True

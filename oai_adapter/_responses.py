@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import _ErrorBody, error_from_event
+from ._errors import ErrorBody, error_from_event
 from ._events import Event, ReasoningDelta, Token
 from ._mappers import (
     Mapper,
@@ -75,7 +75,7 @@ class _Response(msgspec.Struct, gc=False):
     # UNSET (the key is absent) tells a server that writes the full schema — `null` when
     # nothing was cut — from one that leaves it out (llama-server, transformers)
     incomplete_details: _Incomplete | msgspec.UnsetType | None = msgspec.UNSET
-    error: _ErrorBody | None = None
+    error: ErrorBody | None = None
 
 
 class _Item(msgspec.Struct, gc=False):
@@ -97,7 +97,7 @@ class _Event(msgspec.Struct, gc=False):
     # the `error` event: OpenAI puts code and message at the top; some servers nest `error`
     code: str | int | None = None
     message: str | None = None
-    error: _ErrorBody | str | None = None
+    error: ErrorBody | str | None = None
 
 
 class _TypeOnly(msgspec.Struct, gc=False):
@@ -178,10 +178,10 @@ class ResponsesMapper(Mapper):
         elif kind == "response.failed":
             self._fail(ev.response.error if ev.response is not None else None, "")
         elif kind == "error" or ev.error is not None:
-            if isinstance(ev.error, _ErrorBody):
+            if isinstance(ev.error, ErrorBody):
                 self._fail(ev.error, "")
             else:
-                body = _ErrorBody(message=ev.message, code=ev.code)
+                body = ErrorBody(message=ev.message, code=ev.code)
                 self._fail(body, ev.error if isinstance(ev.error, str) else "")
         # anything else (content parts, item done, annotations, new types) is skipped
 
@@ -215,12 +215,10 @@ class ResponsesMapper(Mapper):
         else:
             self.finish = "stop"
 
-    def _fail(self, body: _ErrorBody | None, said: str) -> None:
+    def _fail(self, body: ErrorBody | None, said: str) -> None:
         if body is not None and isinstance(body.code, str) and body.message:
             # keep the upstream's code in the message: ErrorInfo has no field for it
-            body = _ErrorBody(
-                message=f"{body.code}: {body.message}", type=body.type, code=body.code
-            )
+            body = ErrorBody(message=f"{body.code}: {body.message}", type=body.type, code=body.code)
         self.error = error_from_event(
             body, first=self.events_seen == 1, fallback_message=said or "response failed"
         )

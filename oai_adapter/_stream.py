@@ -10,24 +10,41 @@ anything else still lets other tasks — the one calling `cancel()` included —
 event it looks at `cancel_requested`: once `cancel()` has returned True, the next event is
 `End(reason="cancelled")`, whatever is buffered, and it is returned only after the reader has
 closed the upstream response.
+
+Neither class holds the adapter: `Submission` gets the `Endpoint`, the `TaskRegistry` and the
+telemetry to use, builds the `Task` its reader needs, and owns the task's nursery and channel;
+`EventStream` gets the task's state, the channel's receive end, its log and the registry.
 """
 
 from __future__ import annotations
 
+import uuid
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ._body import build_body
+from ._config import TaskRequest
 from ._events import End, Event, Token
+from ._log import TaskLog
+from ._task import Task, run_task
 
 if TYPE_CHECKING:
-    from ._adapter import OpenAIAdapter
-    from ._log import TaskLog
-    from ._task import TaskState
+    from ._endpoint import Endpoint
+    from ._observe import Telemetry
+    from ._registry import TaskRegistry, TaskState
 
-__all__ = ["CHANNEL_BATCHES", "CHECKPOINT_EVERY", "EventStream"]
+__all__ = [
+    "CHANNEL_BATCHES",
+    "CHECKPOINT_EVERY",
+    "NOT_OPEN",
+    "EventStream",
+    "EventStreamStatistics",
+    "Submission",
+]
 
 #: Batches (network reads) buffered between reader and consumer. A read holds at most one
 #: socket read's worth of events (64 KiB), so this bounds the buffer at about 1 MiB of events.
@@ -36,18 +53,37 @@ CHANNEL_BATCHES: Final = 16
 #: Events handed out between two checkpoints when the consumer never blocks.
 CHECKPOINT_EVERY: Final = 64
 
+NOT_OPEN: Final = "use the adapter inside `async with OpenAIAdapter(config)`"
+
+_LEFT: Final = (
+    "this EventStream's `async with adapter.submit(...)` block was left: iterate the stream "
+    "inside its block"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventStreamStatistics:
+    """A snapshot of one task's stream: batches (network reads) the reader has sent and the
+    consumer not yet taken (at most `CHANNEL_BATCHES`), Tokens handed out, and whether the
+    reader has finished (its response closed or handed to a background drain)."""
+
+    buffered_batches: int
+    tokens_delivered: int
+    reader_done: bool
+
 
 class EventStream:
     """`async for ev in events`: `Started`, `Token`*, `Metrics`?, `End`."""
 
     __slots__ = (
-        "_adapter",
         "_batch",
+        "_closed",
         "_delivered",
         "_finished",
         "_limit",
         "_pos",
         "_receive",
+        "_registry",
         "_state",
         "_tlog",
         "task_id",
@@ -55,15 +91,15 @@ class EventStream:
 
     def __init__(
         self,
-        adapter: OpenAIAdapter,
         state: TaskState,
         receive: trio.MemoryReceiveChannel[list[Event]],
         tlog: TaskLog,
+        registry: TaskRegistry,
     ) -> None:
-        self._adapter = adapter
         self._state = state
         self._receive = receive
         self._tlog = tlog
+        self._registry = registry
         self._batch: list[Event] = []
         self._pos = 0
         # `_batch[_pos:_limit]` can be handed out without a check-in: no End among them and
@@ -71,6 +107,7 @@ class EventStream:
         self._limit = 0
         self._delivered = 0  # Tokens delivered before `_batch`; see `tokens_delivered`
         self._finished = False
+        self._closed = False
         self.task_id = state.task_id
 
     @property
@@ -83,6 +120,14 @@ class EventStream:
                 return event.index + 1
         return self._delivered
 
+    def statistics(self) -> EventStreamStatistics:
+        buffered = 0 if self._closed else self._receive.statistics().current_buffer_used
+        return EventStreamStatistics(
+            buffered_batches=buffered,
+            tokens_delivered=self.tokens_delivered,
+            reader_done=self._state.done.is_set(),
+        )
+
     def __aiter__(self) -> EventStream:
         return self
 
@@ -94,10 +139,30 @@ class EventStream:
             return self._batch[pos]
         return await self._refill()
 
+    async def aclose(self) -> None:
+        """Stop: the reader is cancelled (the upstream response closed), buffered events are
+        dropped and the task leaves the registry. Iterating afterwards raises
+        `trio.ClosedResourceError`. Leaving the `submit` block does this; idempotent."""
+        self._close_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def _close_nowait(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._state.scope.cancel()
+        self._delivered = self.tokens_delivered
+        self._batch = []
+        self._pos = self._limit = 0
+        self._registry.discard(self._state)
+        self._tlog.closed(self._delivered)
+
     async def _refill(self) -> Event:
         """Everything but the common case: a cancel, a checkpoint, the next batch, `End`."""
         if self._finished:
             raise StopAsyncIteration
+        if self._closed:
+            raise trio.ClosedResourceError(_LEFT)
         state = self._state
         if state.cancel_requested:
             return await self._cancelled()
@@ -118,6 +183,8 @@ class EventStream:
                 if state.cancel_requested:
                     return await self._cancelled()
                 raise RuntimeError("the reader ended without an End event") from None  # a bug
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError(_LEFT) from None
             self._pos = 0
             if state.cancel_requested:
                 return await self._cancelled()
@@ -127,52 +194,111 @@ class EventStream:
         event = batch[pos]
         self._pos = pos + 1
         if type(event) is End:
-            self._close()
+            self._end()
         return event
 
     async def _cancelled(self) -> End:
         self._delivered = self.tokens_delivered
         self._batch = []
         self._pos = 0
-        await self._state.done.wait()  # the reader has closed the upstream response
-        self._close()
+        state = self._state
+        await state.done.wait()  # the reader has closed the upstream response, or handed it
+        if state.draining is not None:  # to a drain after the upstream finished: close it now
+            await state.draining.aclose_now()
+        self._end()
         self._tlog.cancelled(self._delivered)
         return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
 
-    def _close(self) -> None:
+    def _end(self) -> None:
         # The receive channel is closed when the `submit` block is left (`Submission`), not
         # here: after a cancel it may still buffer thousands of Tokens, and freeing them then
         # rather than before `End(cancelled)` is returned keeps that off the cancel's latency.
         self._finished = True
-        self._adapter._unregister(self._state)
+        self._registry.discard(self._state)
 
 
 class Submission:
     """`async with adapter.submit(req) as events:` — see the module header."""
 
-    __slots__ = ("_adapter", "_nursery_cm", "_req", "_state", "_stream")
+    __slots__ = (
+        "_endpoint",
+        "_nursery_cm",
+        "_receive",
+        "_registry",
+        "_req",
+        "_state",
+        "_stream",
+        "_telemetry",
+    )
 
-    def __init__(self, adapter: OpenAIAdapter, req: object) -> None:
-        self._adapter = adapter
+    def __init__(
+        self,
+        endpoint: Endpoint | None,
+        registry: TaskRegistry,
+        req: object,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._registry = registry
         self._req = req
+        self._telemetry = telemetry
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._state: TaskState | None = None
+        self._receive: trio.MemoryReceiveChannel[list[Event]] | None = None
         self._stream: EventStream | None = None
 
+    def _task(self) -> tuple[Task, Endpoint]:
+        """Validate, register and set up the task; its reader is started by `__aenter__`."""
+        req = self._req
+        if not isinstance(req, TaskRequest):
+            raise TypeError("submit() takes a TaskRequest")
+        endpoint = self._endpoint
+        if endpoint is None:
+            raise RuntimeError(NOT_OPEN)
+        config = endpoint.config
+        body = build_body(config.api, config.model, req, include_usage=config.include_usage)
+        state = self._registry.add(req.task_id)  # ValueError when it is running
+        started_at = trio.current_time()
+        correlation_id = req.correlation_id or uuid.uuid4().hex
+        headers = {"x-correlation-id": correlation_id, "accept": "text/event-stream"}
+        telemetry = self._telemetry
+        tlog = TaskLog(
+            started_at=started_at,
+            telemetry=telemetry.start_task(config, req, correlation_id) if telemetry else None,
+            job_id=req.task_id,
+            session_id=req.session_id,
+            correlation_id=correlation_id,
+            **endpoint.log_fields(),
+        )
+        send, self._receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
+        endpoint.retry_budget.record_submit()
+        task = Task(
+            state=state,
+            req=req,
+            body=body,
+            headers=headers,
+            send=send,
+            tlog=tlog,
+            started_at=started_at,
+        )
+        return task, endpoint
+
     async def __aenter__(self) -> EventStream:
-        adapter = self._adapter
-        state, start_reader, receive, tlog = adapter._prepare(self._req)
-        self._state = state
+        task, endpoint = self._task()
+        self._state = state = task.state
+        # Entered by hand: the nursery spans this call and `__aexit__`, the user's block
+        # between them (the reader runs in it while the user iterates).
         cm = trio.open_nursery()
         try:
             nursery = await cm.__aenter__()
         except BaseException:
-            adapter._unregister(state)
-            tlog.closed(0)
+            self._registry.discard(state)
+            task.tlog.closed(0)
             raise
         self._nursery_cm = cm
-        nursery.start_soon(start_reader)
-        self._stream = EventStream(adapter, state, receive, tlog)
+        nursery.start_soon(run_task, endpoint, task)
+        assert self._receive is not None
+        self._stream = EventStream(state, self._receive, task.tlog, self._registry)
         return self._stream
 
     async def __aexit__(
@@ -184,6 +310,9 @@ class Submission:
         state, cm = self._state, self._nursery_cm
         assert state is not None
         assert cm is not None
+        stream = self._stream
+        if stream is not None:
+            stream._close_nowait()  # cancels the reader, narrates, leaves the registry
         state.scope.cancel()
         try:
             await cm.__aexit__(exc_type, exc, tb)
@@ -195,8 +324,7 @@ class Submission:
                 return False
             raise
         finally:
-            if self._stream is not None:
-                self._stream._receive.close()
-                self._stream._tlog.closed(self._stream.tokens_delivered)
-            self._adapter._unregister(state)
+            if self._receive is not None:
+                self._receive.close()
+            self._registry.discard(state)
         return None

@@ -15,14 +15,20 @@ headers). SSE comments and keep-alive bytes parse to no event and so do not move
 deadline; time spent blocked on a full channel (a slow consumer) does, since that is
 backpressure, not upstream silence. Connect is bounded by httpx2 (`Timeouts.connect`).
 
+The response's life (send, close, drain) is `_http.Upstream.open_stream`'s; this module keeps
+attempts, deadlines and events. Given an `Endpoint` and a `Task`, nothing more.
+
 Invariants: at most one `Started`, and never a retry after it; exactly one `End` unless the
 task was cancelled (then the consumer makes `End(cancelled)`); the upstream response is closed,
-with a bounded, shielded cleanup, before `done` is set.
+with a bounded, shielded cleanup, before `done` is set — except after the upstream said it
+finished: then `Metrics` and `End` are sent first and the body's tail is drained (and the
+response closed) in the `Upstream`'s background, so `End` never waits for a server that holds
+the body open after `[DONE]`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import math
 from typing import TYPE_CHECKING, Final
 
 import httpx2
@@ -38,28 +44,19 @@ from ._errors import (
     make_error,
 )
 from ._events import End, Event, Metrics, Started
-from ._http import http_version, request_id
 from ._mappers import ChatMapper, Mapper, ProtocolError
 from ._responses import ResponsesMapper
 from ._retry import backoff_delay, retry_after_ms
 from ._sse import SSEDecoder, SSEError, SSEEvent
 
 if TYPE_CHECKING:
-    from ._adapter import OpenAIAdapter
     from ._config import TaskRequest
+    from ._endpoint import Endpoint
+    from ._http import UpstreamResponse
     from ._log import TaskLog
+    from ._registry import TaskState
 
-__all__ = ["CLEANUP_GRACE", "TaskState", "run_task"]
-
-#: Seconds a shielded cleanup (closing a response) may take before it is abandoned.
-CLEANUP_GRACE: Final = 1.0
-
-#: Seconds, and bytes, read after the stream's end marker to let the connection be reused.
-DRAIN_GRACE: Final = 0.05
-_MAX_DRAIN: Final = 64 * 1024
-
-#: Most bytes of an error response body read to find the upstream's message.
-_MAX_ERROR_BODY: Final = 64 * 1024
+__all__ = ["MAPPERS", "Task", "run_task"]
 
 MAPPERS: Final[dict[str, type[Mapper]]] = {
     "chat": ChatMapper,
@@ -68,16 +65,29 @@ MAPPERS: Final[dict[str, type[Mapper]]] = {
 }
 
 
-class TaskState:
-    """What `cancel()` and the consumer share with the reader."""
+class Task:
+    """One submitted task: what its reader needs besides the `Endpoint`."""
 
-    __slots__ = ("cancel_requested", "done", "scope", "task_id")
+    __slots__ = ("body", "headers", "req", "send", "started_at", "state", "tlog")
 
-    def __init__(self, task_id: str) -> None:
-        self.task_id = task_id
-        self.scope = trio.CancelScope()  # cancelled by cancel(task_id) and by leaving `submit`
-        self.cancel_requested = False
-        self.done = trio.Event()  # the reader has finished and closed the upstream response
+    def __init__(
+        self,
+        *,
+        state: TaskState,
+        req: TaskRequest,
+        body: bytes,
+        headers: dict[str, str],
+        send: trio.MemorySendChannel[list[Event]],
+        tlog: TaskLog,
+        started_at: float,
+    ) -> None:
+        self.state = state
+        self.req = req
+        self.body = body
+        self.headers = headers
+        self.send = send
+        self.tlog = tlog
+        self.started_at = started_at
 
 
 class _Failed(Exception):
@@ -87,76 +97,51 @@ class _Failed(Exception):
         self.error = error
 
 
-async def run_task(
-    adapter: OpenAIAdapter,
-    state: TaskState,
-    req: TaskRequest,
-    body: bytes,
-    headers: dict[str, str],
-    send: trio.MemorySendChannel[list[Event]],
-    tlog: TaskLog,
-    started_at: float,
-) -> None:
-    """The reader task. Sends every event but a cancel's `End`; sets `state.done` last."""
+async def run_task(endpoint: Endpoint, task: Task) -> None:
+    """The reader task. Sends every event but a cancel's `End`; sets `task.state.done` last."""
+    state = task.state
     try:
-        async with send:
+        async with task.send:
             with state.scope:
-                reader = _Reader(adapter, state, req, body, headers, send, tlog, started_at)
-                await reader.run()
+                await _Reader(endpoint, task).run()
     finally:
         state.done.set()
 
 
 class _Reader:
     __slots__ = (
-        "_chunks_iter",
         "_first_deadline",
         "_pending",
-        "adapter",
-        "body",
+        "config",
         "decoder",
+        "endpoint",
         "first_token_at",
-        "headers",
         "last_token_at",
         "mapper",
         "output_seen",
         "req",
-        "response",
         "retry_cause",
         "send",
         "started",
         "started_at",
-        "state",
+        "task",
         "tlog",
     )
 
-    def __init__(
-        self,
-        adapter: OpenAIAdapter,
-        state: TaskState,
-        req: TaskRequest,
-        body: bytes,
-        headers: dict[str, str],
-        send: trio.MemorySendChannel[list[Event]],
-        tlog: TaskLog,
-        started_at: float,
-    ) -> None:
-        self.adapter = adapter
-        self.state = state
-        self.req = req
-        self.body = body
-        self.headers = headers
-        self.send = send
-        self.tlog = tlog
-        self.started_at = started_at
+    def __init__(self, endpoint: Endpoint, task: Task) -> None:
+        self.endpoint = endpoint
+        self.config = endpoint.config
+        self.task = task
+        self.req = req = task.req
+        self.send = task.send
+        self.tlog = task.tlog
+        self.started_at = task.started_at
         self.started: Started | None = None
-        self.response: httpx2.Response | None = None
-        self.mapper: Mapper = MAPPERS[adapter.config.api](req.task_id, max_tokens=_token_limit(req))
+        self.mapper: Mapper = MAPPERS[self.config.api](req.task_id, max_tokens=_token_limit(req))
         self.decoder = SSEDecoder()
         self.first_token_at: float | None = None
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
         self.last_token_at: float | None = None
-        self._chunks_iter: AsyncGenerator[bytes, None] | None = None
         self._first_deadline = 0.0
         self.retry_cause: WorkerError | None = None  # set while waiting to retry
         self._pending: list[SSEEvent] = []  # read with the first event, mapped after Started
@@ -164,16 +149,14 @@ class _Reader:
     # --- the task ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        timeouts = self.adapter.config.timeouts
+        timeouts = self.config.timeouts
         error: WorkerError | None = None
         with trio.move_on_at(self.started_at + timeouts.total) as total_scope:
             try:
-                await self._attempts()
-                await self._stream()
+                if await self._attempts():
+                    return  # `End` sent; the response's tail is drained in the background
             except _Failed as failed:
                 error = failed.error
-            finally:
-                await self._close_response()
         if total_scope.cancelled_caught:
             cause = self.retry_cause
             error = make_error(
@@ -187,22 +170,23 @@ class _Reader:
             )
         await self._finish(error)
 
-    async def _attempts(self) -> None:
-        """Attempts until one is accepted (`Started` sent) or the last one fails."""
-        policy = self.adapter.config.retry
+    async def _attempts(self) -> bool:
+        """Attempts until one is accepted (`Started` sent) or the last one fails; then the
+        stream. True when `End` was sent; raises `_Failed` with the error to end on."""
+        policy = self.config.retry
         attempt = 0
         while True:
             attempt += 1
             self.tlog.attempt = attempt
             try:
-                await self._attempt(attempt)
-                return
+                return await self._attempt(attempt)
             except _Failed as failed:
                 error = failed.error
-                await self._close_response()
+                if self.started is not None:
+                    raise  # never a retry after `Started`
                 if not error.retryable or attempt >= policy.max_attempts:
                     raise
-                if not self.adapter.retry_budget.try_spend():
+                if not self.endpoint.retry_budget.try_spend():
                     self.tlog.warning(
                         f"attempt {attempt} failed ({error.kind.value}: {error.message});"
                         " the retry budget refused a retry",
@@ -212,7 +196,7 @@ class _Reader:
                         retry_after_ms=error.retry_after_ms,
                     )
                     raise
-                delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=self.adapter.rng)
+                delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=self.endpoint.rng)
                 self.tlog.warning(
                     f"attempt {attempt} failed ({error.kind.value}"
                     f"{f', status {error.status}' if error.status else ''}: {error.message}), "
@@ -225,96 +209,135 @@ class _Reader:
                 self.retry_cause = error
                 await trio.sleep(delay)  # within `total`: a backoff past it ends as DEADLINE_UNMET
                 self.retry_cause = None
-                self.mapper = MAPPERS[self.adapter.config.api](
+                self.mapper = MAPPERS[self.config.api](
                     self.req.task_id, max_tokens=_token_limit(self.req)
                 )
                 self.decoder = SSEDecoder()
 
-    async def _attempt(self, attempt: int) -> None:
-        adapter = self.adapter
-        upstream = adapter.upstream
-        timeouts = adapter.config.timeouts
+    async def _attempt(self, attempt: int) -> bool:
+        """One request. Before `Started` a failure raises `_Failed` (retried where the table
+        says); after it, the stream runs to its end here. True when `End` was sent."""
+        endpoint = self.endpoint
+        config = self.config
+        timeouts = config.timeouts
         sent_at = trio.current_time()
         first_deadline = sent_at + timeouts.first_token
-        self.tlog.debug(
-            f"request sent (api {adapter.config.api}, model {adapter.config.model}, attempt {attempt})"
-        )
-        with trio.move_on_at(first_deadline) as scope:
+        self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
+        error: WorkerError | None = None
+        # The first-token deadline bounds the send, the headers and the first event; it is
+        # lifted once the stream is accepted (the stream's reads carry their own deadlines).
+        with trio.CancelScope(deadline=first_deadline) as first_scope:
             try:
-                request = upstream.build_request(
-                    "POST", adapter.endpoint, json=self.body, headers=self.headers
-                )
-                self.response = response = await upstream.send(request, stream=True)
+                async with endpoint.upstream.open_stream(
+                    endpoint.url, json=self.task.body, headers=self.task.headers
+                ) as resp:
+                    out = await self._accept(resp, first_deadline)
+                    first_scope.deadline = math.inf
+                    await self._start(resp, attempt, first_deadline, out)
+                    try:
+                        await self._stream(resp)
+                    except _Failed as failed:
+                        error = failed.error
+                    if self.mapper.done:
+                        # The upstream said it finished: the tail is drained in the background
+                        # (started first, to be done before the next request wants the
+                        # connection), and `End` goes now, without waiting for it.
+                        resp.keep_connection()
+                        if resp.released:
+                            self.task.state.draining = resp
+                        await self._finish(error)
+                        return True
             except WorkerError as exc:
                 raise _Failed(exc) from exc
             except (httpx2.HTTPError, OSError) as exc:
                 error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
                 raise _Failed(error) from exc
-            status = response.status_code
-            if not 200 <= status < 300:
-                raw = await self._read_error_body(response)
-                hdrs = response.headers
-                raise _Failed(error_from_status(status, raw, retry_after_ms=retry_after_ms(hdrs)))
-            ctype = response.headers.get("content-type", "")
-            if not ctype.lower().startswith("text/event-stream"):
-                raise _Failed(
-                    make_error(
-                        ErrorKind.PROTOCOL,
-                        f"expected an event stream, got {ctype or 'no content-type'} (status {status})",
-                        status=status,
-                    )
-                )
-            if err := compressed_stream_error(response.headers.get("content-encoding"), status):
-                raise _Failed(err)
-            # Accepted only once the first event the mapper counts is known not to be an
-            # error. Only that event decides; what follows it in the same read is mapped once
-            # the stream is accepted, so the outcome does not depend on how bytes were chunked.
-            out: list[Event] = []
-            self._chunks_iter = chunks = self._chunks(response)
-            idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
-            mapper = self.mapper
-            self._pending = []
-            while mapper.events_seen == 0 and not mapper.done:
-                chunk = await self._next_chunk(
-                    chunks, min(idle_deadline, first_deadline), first_deadline <= idle_deadline
-                )
-                events = self.decoder.close() if chunk is None else self._decode(chunk)
-                for i, event in enumerate(events):
-                    self._map([event], out)
-                    if mapper.events_seen or mapper.done:
-                        self._pending = events[i + 1 :]
-                        break
-                if chunk is None:
-                    break
-            if mapper.error is not None:
-                raise _Failed(mapper.error)  # the first event is an error: not accepted
-            if mapper.events_seen == 0 and not mapper.done:
-                raise _Failed(
-                    make_error(
-                        ErrorKind.WORKER_RESET, "the upstream closed the stream before any event"
-                    )
-                )
-        if scope.cancelled_caught:
+        if first_scope.cancelled_caught:
             raise _Failed(
                 make_error(
                     ErrorKind.DECODE_TIMEOUT,
                     f"first_token timeout: no event within {timeouts.first_token:g} s of the request",
                 )
             )
+        if error is not None:  # after `Started`: `_attempts` does not retry it
+            raise _Failed(error)
+        return False  # the body ended without an end marker, and that is no error
+
+    async def _accept(self, resp: UpstreamResponse, first_deadline: float) -> list[Event]:
+        """Read up to the first event the mapper counts; `_Failed` if the stream is refused."""
+        timeouts = self.config.timeouts
+        status = resp.status
+        if not 200 <= status < 300:
+            raw = await resp.read_body()
+            after = retry_after_ms(resp.headers)
+            try:
+                error = error_from_status(status, raw, retry_after_ms=after)
+            except RecursionError:  # a hostile body nested too deep: the status still speaks
+                error = error_from_status(status, b"", retry_after_ms=after)
+            raise _Failed(error)
+        ctype = resp.headers.get("content-type", "")
+        if not ctype.lower().startswith("text/event-stream"):
+            raise _Failed(
+                make_error(
+                    ErrorKind.PROTOCOL,
+                    f"expected an event stream, got {ctype or 'no content-type'} (status {status})",
+                    status=status,
+                )
+            )
+        if err := compressed_stream_error(resp.headers.get("content-encoding"), status):
+            raise _Failed(err)
+        # Accepted only once the first event the mapper counts is known not to be an
+        # error. Only that event decides; what follows it in the same read is mapped once
+        # the stream is accepted, so the outcome does not depend on how bytes were chunked.
+        out: list[Event] = []
+        idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
+        mapper = self.mapper
+        self._pending = []
+        while mapper.events_seen == 0 and not mapper.done:
+            chunk = await self._next_chunk(
+                resp, min(idle_deadline, first_deadline), first_deadline <= idle_deadline
+            )
+            events = self.decoder.close() if chunk is None else self._decode(chunk)
+            for i, event in enumerate(events):
+                self._map([event], out)
+                if mapper.events_seen or mapper.done:
+                    self._pending = events[i + 1 :]
+                    break
+            if chunk is None:
+                break
+        if mapper.error is not None:
+            if mapper.done:
+                # The first event is an error: not accepted. The upstream said it finished, so
+                # read the tail before retrying, to retry on the same connection.
+                resp.keep_connection(in_background=False)
+            raise _Failed(mapper.error)
+        if mapper.events_seen == 0 and not mapper.done:
+            raise _Failed(
+                make_error(
+                    ErrorKind.WORKER_RESET, "the upstream closed the stream before any event"
+                )
+            )
+        return out
+
+    async def _start(
+        self, resp: UpstreamResponse, attempt: int, first_deadline: float, out: list[Event]
+    ) -> None:
+        """Send `Started`, with `out` (the events mapped with the first one)."""
+        config = self.config
         self.started = Started(
             task_id=self.req.task_id,
-            model=adapter.config.model,
+            model=config.model,
             attempt=attempt,
-            http_version=http_version(response),
-            request_id=request_id(response.headers),
-            replica_id=adapter.config.replica_id,
+            http_version=resp.http_version,
+            request_id=resp.request_id,
+            replica_id=config.replica_id,
         )
         self.tlog.info(
-            f"stream accepted (status {status}, {self.started.http_version}, "
+            f"stream accepted (status {resp.status}, {self.started.http_version}, "
             f"upstream request id {self.started.request_id})"
         )
-        if litellm := response.headers.get("x-litellm-version"):
-            adapter.litellm_version = litellm
+        if litellm := resp.headers.get("x-litellm-version"):
+            self.endpoint.info.litellm_version = litellm
         pending, self._pending = self._pending, []
         if pending and not self.mapper.done:
             # What came in the same read as the first event, mapped now that the stream is
@@ -328,19 +351,16 @@ class _Reader:
         # read) now, before this task goes on to read, drain or finish: time to first token.
         await trio.lowlevel.checkpoint()
 
-    async def _stream(self) -> None:
+    async def _stream(self, resp: UpstreamResponse) -> None:
         """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`."""
-        timeouts = self.adapter.config.timeouts
-        idle = timeouts.idle
-        chunks = self._chunks_iter
-        assert chunks is not None
+        idle = self.config.timeouts.idle
         mapper = self.mapper
         last_event = trio.current_time()
         while not mapper.done:
             deadline = last_event + idle
             first_token = not self.output_seen and self._first_deadline <= deadline
             chunk = await self._next_chunk(
-                chunks, self._first_deadline if first_token else deadline, first_token
+                resp, self._first_deadline if first_token else deadline, first_token
             )
             out: list[Event] = []
             if chunk is None:
@@ -358,40 +378,20 @@ class _Reader:
         if mapper.error is not None:
             raise _Failed(mapper.error)
 
-    async def _drain(self, chunks: AsyncGenerator[bytes, None]) -> None:
-        """After the upstream said it finished (`[DONE]`, a terminal or an error event) read
-        what is left of the body — usually just the chunked-encoding terminator — so the
-        connection goes back to the pool instead of being closed. Bounded by `DRAIN_GRACE`
-        and `_MAX_DRAIN`; past them the connection is closed."""
-        drained = 0
-        with trio.move_on_after(DRAIN_GRACE):
-            try:
-                async for chunk in chunks:
-                    drained += len(chunk)
-                    if drained > _MAX_DRAIN:
-                        return
-            except (httpx2.HTTPError, OSError):
-                return
-
     # --- pieces --------------------------------------------------------------------------
 
-    def _chunks(self, response: httpx2.Response) -> AsyncGenerator[bytes, None]:
-        return response.aiter_raw()
-
     async def _next_chunk(
-        self, chunks: AsyncGenerator[bytes, None], deadline: float, first_token: bool
+        self, resp: UpstreamResponse, deadline: float, first_token: bool
     ) -> bytes | None:
         """The next network read, `None` at end of stream. Raises `_Failed` on a lost
         connection, or when `deadline` passes: the first-token deadline if `first_token`,
         else the idle one."""
         with trio.move_on_at(deadline):
             try:
-                return await chunks.__anext__()
-            except StopAsyncIteration:
-                return None
+                return await resp.next_chunk()
             except (httpx2.HTTPError, OSError) as exc:
                 raise _Failed(error_from_transport(exc, after_headers=True)) from exc
-        timeouts = self.adapter.config.timeouts
+        timeouts = self.config.timeouts
         if first_token:
             message = (
                 f"first_token timeout: no token within {timeouts.first_token:g} s of the request"
@@ -426,10 +426,17 @@ class _Reader:
                 mapper.feed(name, data, out)
                 if mapper.done:
                     break
-        except (ProtocolError, msgspec.ValidationError) as exc:
+        except (ProtocolError, msgspec.DecodeError) as exc:
             # Ends the stream like an error event: the Tokens mapped before it in this read
             # are still delivered (End.tokens_out counts them).
             mapper.error = make_error(ErrorKind.PROTOCOL, str(exc))
+            mapper.done = True
+        except RecursionError:
+            # msgspec raises it, not DecodeError, for JSON nested ~2,000 deep (the mappers
+            # turn it into ProtocolError; this keeps any path that does not a PROTOCOL end too).
+            mapper.error = make_error(
+                ErrorKind.PROTOCOL, "malformed JSON in an event: nested too deeply"
+            )
             mapper.done = True
         if len(out) != produced:
             self.output_seen = True
@@ -444,37 +451,6 @@ class _Reader:
             self.send.send_nowait(batch)
         except trio.WouldBlock:
             await self.send.send(batch)
-
-    async def _read_error_body(self, response: httpx2.Response) -> bytes:
-        body = bytearray()
-        self._chunks_iter = chunks = self._chunks(response)
-        try:
-            async for chunk in chunks:
-                body += chunk
-                if len(body) >= _MAX_ERROR_BODY:
-                    break
-        except (httpx2.HTTPError, OSError):
-            pass
-        return bytes(body[:_MAX_ERROR_BODY])
-
-    async def _close_response(self) -> None:
-        """Close the response (and the generator reading it), shielded and bounded."""
-        response, self.response = self.response, None
-        chunks, self._chunks_iter = self._chunks_iter, None
-        if response is None and chunks is None:
-            return
-        try:
-            if chunks is not None and self.mapper.done:
-                await self._drain(chunks)  # the upstream said it finished: keep the connection
-        finally:
-            with trio.move_on_after(CLEANUP_GRACE, shield=True):
-                try:
-                    if chunks is not None:
-                        await chunks.aclose()
-                    if response is not None:
-                        await response.aclose()
-                except (httpx2.HTTPError, OSError):
-                    pass
 
     async def _finish(self, error: WorkerError | None) -> None:
         """Send `Metrics` (when the stream started) and `End`; narrate and report the end."""

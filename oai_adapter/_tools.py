@@ -18,16 +18,24 @@ few dozen bytes as one of ten (a list of the fragments cost ~64 B each for the t
 `…done` check compares the final arguments' prefix of that length by its CRC: a server whose final
 text differs from its deltas in that prefix yet matches the CRC (a 2⁻³² chance) would have a tail
 emitted after a different prefix — the same outcome as a server that says two different things.
+The table of calls is bounded too: an answer may hold at most `MAX_CALLS` calls (OpenAI allows
+128 parallel calls per response); an upstream inventing more ends the stream as PROTOCOL instead
+of growing the table by one entry per made-up call id.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Hashable
+from typing import Final
 
+from ._errors import ProtocolError
 from ._events import Event, ToolCallDelta
 
-__all__ = ["ToolCalls"]
+__all__ = ["MAX_CALLS", "ToolCalls"]
+
+#: Most tool calls one answer may hold: 8 × OpenAI's limit of 128 parallel calls per response.
+MAX_CALLS: Final = 1024
 
 
 class _Call:
@@ -78,6 +86,8 @@ class ToolCalls:
         call = self._by_key.get(key)
         changed = False
         if call is None or (call_id and call.call_id and call_id != call.call_id):
+            if self.count >= MAX_CALLS:
+                raise ProtocolError(f"more than {MAX_CALLS} tool calls in one answer")
             call = self._by_key[key] = _Call(self.count)
             self.count += 1
             changed = True

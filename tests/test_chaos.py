@@ -157,6 +157,7 @@ def open_fds() -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_chaos_thousands_of_faulty_streams_leak_nothing(
     nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:

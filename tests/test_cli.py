@@ -18,6 +18,7 @@ import sys
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 import oai_adapter
 from oai_adapter._cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
@@ -150,6 +151,7 @@ async def test_demo_streams_the_text_then_prints_the_metrics_table() -> None:
 # --- stream ----------------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_stream_writes_tokens_to_stdout_and_the_end_to_stderr(
     upstream: FakeUpstream,
 ) -> None:
@@ -164,6 +166,7 @@ async def test_stream_writes_tokens_to_stdout_and_the_end_to_stderr(
     assert upstream.completion_requests()[0].json["max_tokens"] == 3
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_stream_interrupt_cancels_prints_what_was_received_and_exits_130(
     upstream: FakeUpstream,
 ) -> None:
@@ -187,6 +190,7 @@ async def test_stream_interrupt_cancels_prints_what_was_received_and_exits_130(
     assert "interrupted: cancelled after 2 tokens; received:\nHello there\n" in err.getvalue()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_stream_upstream_error_exits_1_and_never_echoes_the_key(
     monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery
 ) -> None:
@@ -264,6 +268,7 @@ async def test_ctrl_c_in_a_real_process_cancels_cleanly_and_exits_130(
 # --- check -----------------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000", "OC-ADAPT-OAI-6010")
 async def test_check_passes_probes_chat_completions_and_cancel(upstream: FakeUpstream) -> None:
     with trio.fail_after(IO_DEADLINE):
         rows = await collect_checks(_parse("check", *_endpoint(upstream)))
@@ -328,7 +333,7 @@ async def test_check_json_is_one_document_with_a_row_per_check(upstream: FakeUps
 
 
 async def test_check_against_a_closed_port_fails_health_and_exits_1(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: MockClock,
 ) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -347,6 +352,7 @@ async def test_check_against_a_closed_port_fails_health_and_exits_1(
 # --- bench -----------------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_bench_json_counts_every_request_token_and_gap(upstream: FakeUpstream) -> None:
     term, out, _err = _term()
     args = _parse("bench", *_endpoint(upstream), "--requests", "6", "--concurrency", "3", "--json")

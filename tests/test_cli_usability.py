@@ -62,6 +62,7 @@ def test_every_command_that_talks_to_an_endpoint_takes_ca_bundle(command: str) -
     assert args.ca_bundle == "/x/ca.pem"
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_stream_with_ca_bundle_trusts_a_private_ca(
     tls_upstream: FakeUpstream, ca_file: str
 ) -> None:

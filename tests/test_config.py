@@ -28,6 +28,7 @@ def test_defaults_match_design() -> None:
 
 @pytest.mark.parametrize("name", ["connect", "first_token", "idle", "total"])
 @pytest.mark.parametrize("value", [0, -1, math.inf, math.nan, "5", None, True])
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 def test_every_timeout_must_be_finite_and_positive(name: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"Timeouts.{name}"):
         Timeouts(**{name: value})  # type: ignore[arg-type]
@@ -67,6 +68,7 @@ def test_retry_policy_is_validated(kwargs: dict[str, object], field: str) -> Non
         ({"max_connections": 0}, "max_connections"),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 def test_bad_config_values_name_their_field(kwargs: dict[str, object], field: str) -> None:
     values: dict[str, object] = {"base_url": BASE, "model": "m"} | kwargs
     with pytest.raises(ValueError, match=f"AdapterConfig.{field}"):
@@ -186,6 +188,7 @@ def test_base_url_with_an_empty_query_or_fragment_is_refused(url: str) -> None:
         ("http://[::1]:8080/v1", "::1"),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 def test_allowed_hosts_match_an_idn_base_url_in_either_spelling(
     base_url: str, allowed: str
 ) -> None:

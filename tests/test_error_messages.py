@@ -20,20 +20,12 @@ import pytest
 import trio
 import trustme
 
-from oai_adapter import End, ErrorKind, Event, OpenAIAdapter, RetryPolicy, TaskRequest
+from oai_adapter import End, ErrorKind, Event, OpenAIAdapter, RetryPolicy
 from oai_adapter._errors import error_from_transport
 from oai_adapter.testing import FakeUpstream, Reply, Send, render_stream
 
-from .conftest import IO_DEADLINE, make_config
-
-
-async def run(adapter: OpenAIAdapter) -> list[Event]:
-    events: list[Event] = []
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(TaskRequest(task_id="t-1", prompt="hi")) as stream:
-            async for ev in stream:
-                events.append(ev)
-    return events
+from .conftest import make_config
+from .helpers import collect
 
 
 def the_error(events: list[Event]) -> tuple[ErrorKind, str, bool]:
@@ -65,7 +57,7 @@ async def test_a_compressed_event_stream_ends_as_protocol_naming_the_encoding(
     body = _COMPRESSORS[encoding](_stream_bytes())
     upstream.script(Reply(headers=[("content-encoding", encoding)], steps=[Send(body)]))
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        kind, message, retryable = the_error(await run(adapter))
+        kind, message, retryable = the_error(await collect(adapter))
     assert kind is ErrorKind.PROTOCOL
     assert message.startswith(
         f"the upstream compressed the event stream (content-encoding: {encoding}) although the "
@@ -81,7 +73,7 @@ async def test_content_encoding_identity_streams_as_usual(upstream: FakeUpstream
         Reply(headers=[("content-encoding", "identity")], steps=[Send(_stream_bytes())])
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     end = events[-1]
     assert isinstance(end, End)
     assert end.reason == "stop"
@@ -92,6 +84,7 @@ async def test_content_encoding_identity_streams_as_usual(upstream: FakeUpstream
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_https_to_a_plain_http_port_is_one_policy_error_saying_it_is_not_tls(
     upstream: FakeUpstream, http2: bool
 ) -> None:
@@ -100,7 +93,7 @@ async def test_https_to_a_plain_http_port_is_one_policy_error_saying_it_is_not_t
         upstream, base_url=url, http2=http2, retry=RetryPolicy(max_attempts=3, base=0.01, cap=0.05)
     )
     async with OpenAIAdapter(config) as adapter:
-        kind, message, retryable = the_error(await run(adapter))
+        kind, message, retryable = the_error(await collect(adapter))
     assert kind is ErrorKind.POLICY
     assert message == (
         f"TLS handshake failed: the server at localhost:{upstream.port} does not speak TLS "
@@ -148,6 +141,7 @@ def _server_context(ca: trustme.CA, case: str, tmp_path: Path) -> ssl.SSLContext
     ],
 )
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_a_certificate_failure_says_which_check_failed(
     ca: trustme.CA,
     ca_file: str,
@@ -160,7 +154,7 @@ async def test_a_certificate_failure_says_which_check_failed(
     server = FakeUpstream(ssl_context=_server_context(ca, case, tmp_path))
     await nursery.start(server.serve)
     async with OpenAIAdapter(make_config(server, ca_bundle=ca_file, http2=http2)) as adapter:
-        kind, message, retryable = the_error(await run(adapter))
+        kind, message, retryable = the_error(await collect(adapter))
     assert kind is ErrorKind.POLICY
     prefix = (
         f"TLS verification failed for localhost:{server.port}: the upstream's certificate "
@@ -202,7 +196,7 @@ async def test_a_refused_connection_says_connection_refused(upstream: FakeUpstre
         upstream, base_url=f"http://127.0.0.1:{port}/v1", retry=RetryPolicy(max_attempts=1)
     )
     async with OpenAIAdapter(config) as adapter:
-        kind, message, retryable = the_error(await run(adapter))
+        kind, message, retryable = the_error(await collect(adapter))
     assert kind is ErrorKind.POOL_UNAVAILABLE
     assert retryable
     assert message.startswith("connect failed (ConnectError: ")

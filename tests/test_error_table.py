@@ -12,46 +12,32 @@ import pytest
 from oai_adapter import ErrorKind, Timeouts, WorkerError
 from oai_adapter._errors import (
     RETRYABLE,
+    ErrorBody,
     error_from_event,
     error_from_status,
     error_from_transport,
     kind_for_code,
     kind_for_status,
 )
-from oai_adapter._mappers import _ErrorBody
+
+from .expected_errors import RETRYABLE_KINDS, expected_kind
 
 
-def expected_kind(status: int) -> ErrorKind:
-    """DESIGN.md's table, written out as rules."""
-    if 300 <= status < 400:
-        return ErrorKind.POLICY
-    if status in (401, 403):
-        return ErrorKind.UPSTREAM_AUTH
-    if status == 404:
-        return ErrorKind.UPSTREAM_NOT_FOUND
-    if status == 429:
-        return ErrorKind.ADMISSION_REJECT
-    if status in (408, 502, 503, 504):
-        return ErrorKind.POOL_UNAVAILABLE
-    if 400 <= status < 500:
-        return ErrorKind.INVALID_PARAMS
-    return ErrorKind.UPSTREAM_ERROR
-
-
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_every_status_from_300_to_599_has_its_kind_and_retry_rule() -> None:
     for status in range(300, 600):
         error = error_from_status(status, b'{"error": {"message": "m"}}', retry_after_ms=250)
         assert kind_for_status(status) is expected_kind(status), status
         assert error.kind is expected_kind(status), status
         assert error.status == status
-        assert error.retryable is (error.kind in RETRYABLE)
+        assert error.retryable is (error.kind in RETRYABLE_KINDS)
         assert error.retry_after_ms == 250
 
 
 def test_only_admission_reject_and_pool_unavailable_are_retryable() -> None:
-    assert {ErrorKind.ADMISSION_REJECT, ErrorKind.POOL_UNAVAILABLE} == RETRYABLE
+    assert RETRYABLE == RETRYABLE_KINDS
     for kind in ErrorKind:
-        assert WorkerError(kind, "m").retryable is (kind in RETRYABLE)
+        assert WorkerError(kind, "m").retryable is (kind in RETRYABLE_KINDS)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +67,7 @@ def test_error_codes_that_stand_for_a_status(codes: tuple[object, ...], kind: Er
 
 
 def test_error_event_first_stands_for_its_status_later_is_upstream_error() -> None:
-    body = _ErrorBody(message="slow down", type="rate_limit_error", code=429)
+    body = ErrorBody(message="slow down", type="rate_limit_error", code=429)
     first = error_from_event(body, first=True)
     later = error_from_event(body, first=False)
     assert (first.kind, first.status, first.retryable) == (ErrorKind.ADMISSION_REJECT, 429, True)
@@ -140,7 +126,7 @@ TRANSPORT_BEFORE = [
 def test_transport_faults_before_the_headers(exc: Exception, kind: ErrorKind, says: str) -> None:
     error = error_from_transport(exc, after_headers=False, timeouts=Timeouts(connect=2.5))
     assert error.kind is kind
-    assert error.retryable is (kind in RETRYABLE)
+    assert error.retryable is (kind in RETRYABLE_KINDS)
     assert says in error.message
     assert error.status is None
 
@@ -164,6 +150,7 @@ def test_connect_and_write_timeouts_name_their_value() -> None:
         OSError("reset"),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_transport_faults_after_the_headers_are_worker_reset(exc: Exception) -> None:
     error = error_from_transport(exc, after_headers=True)
     assert (error.kind, error.retryable) == (ErrorKind.WORKER_RESET, False)
@@ -179,6 +166,7 @@ def test_tls_verification_failure_is_policy_on_either_side(after_headers: bool) 
     assert "TLS" in error.message
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_messages_never_carry_the_api_key() -> None:
     key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
     body = f'{{"error": {{"message": "Incorrect API key provided: {key}"}}}}'.encode()

@@ -9,11 +9,11 @@ decoder, the mappers, the error table — is the real code.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx2
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +29,8 @@ from oai_adapter import (
 )
 from oai_adapter._events import Event
 from oai_adapter.testing import chat_chunk, check_stream, completion_chunk, sse
+
+from .sansio import split_at
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -76,11 +78,6 @@ async def stream_of(chunks: Sequence[bytes], api: str = "chat") -> tuple[list[Ev
     return seen, transport.requests
 
 
-def split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
-
-
 def outcome(events: Sequence[Event]) -> tuple[Any, ...]:
     """What a consumer can observe, minus timings."""
     end = events[-1]
@@ -97,6 +94,7 @@ def outcome(events: Sequence[Event]) -> tuple[Any, ...]:
 
 @FUZZ
 @given(chunks=st.lists(st.binary(max_size=64), max_size=12))
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_arbitrary_bytes_end_the_stream_exactly_once(chunks: list[bytes]) -> None:
     events, _ = await stream_of(chunks)
     check_stream(events)
@@ -148,12 +146,13 @@ _FRAMES = st.one_of(
     cuts_b=st.lists(st.integers(min_value=0), max_size=10),
     api=st.sampled_from(["chat", "completions"]),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_outcome_does_not_depend_on_how_the_bytes_are_split(
     frames: list[bytes], cuts_a: list[int], cuts_b: list[int], api: str
 ) -> None:
     body = b"".join(frames)
-    events_a, requests_a = await stream_of(split(body, cuts_a), api)
-    events_b, requests_b = await stream_of(split(body, cuts_b), api)
+    events_a, requests_a = await stream_of(split_at(body, cuts_a), api)
+    events_b, requests_b = await stream_of(split_at(body, cuts_b), api)
     check_stream(events_a)
     check_stream(events_b)
     assert outcome(events_a) == outcome(events_b)
@@ -162,6 +161,7 @@ async def test_outcome_does_not_depend_on_how_the_bytes_are_split(
 
 @FUZZ
 @given(frames=st.lists(_FRAMES, max_size=14), api=st.sampled_from(["chat", "completions"]))
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_a_stream_that_started_is_never_retried(frames: list[bytes], api: str) -> None:
     events, requests = await stream_of([b"".join(frames)], api)
     check_stream(events)

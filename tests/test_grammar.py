@@ -152,3 +152,21 @@ async def test_cli_check_passes_a_model_that_streams_reasoning_and_tool_calls(
     assert "PASS" in rows["stream chat"].split(), rows["stream chat"]
     assert "PASS" in rows["stream responses"].split(), rows["stream responses"]
     assert code == EXIT_OK, out.getvalue()
+
+
+async def test_cli_check_passes_a_model_that_answers_with_a_tool_call_only(
+    upstream: FakeUpstream,
+) -> None:
+    """A tool-call-only answer (no text at all) is a healthy model: `check` used to say
+    "no Token" and FAIL it."""
+    call = ScriptedToolCall(name="count", arguments=['{"to":', " 3}"])
+    upstream.script(Reply(steps=render_chat_deltas([], tool_calls=[call])))
+    out, err = io.StringIO(), io.StringIO()
+    args: argparse.Namespace = build_parser().parse_args(
+        ["check", "--base-url", upstream.base_url, "--model", upstream.model]
+    )
+    with trio.fail_after(IO_DEADLINE):
+        await run_check(args, Term(out, err), trio.Event())
+    row = next(line for line in out.getvalue().splitlines() if line.startswith("stream chat"))
+    assert "PASS" in row.split(), row
+    assert "0 tokens, 3 tool-call deltas" in row, row  # the name, then two argument pieces

@@ -5,6 +5,7 @@ End(POOL_UNAVAILABLE); before: a failover); leaving the host ends everything and
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -163,10 +164,12 @@ async def test_unbind_waits_for_running_tasks_then_closes_the_adapter(
 
                 async def consume(task_status: trio.TaskStatus[None]) -> None:
                     async with host.submit("p", TaskRequest(task_id="t", prompt="hi")) as events:
+                        started = await events.__anext__()  # placed on r0, streaming
+                        assert isinstance(started, Started)
                         task_status.started()
                         end = [ev async for ev in events][-1]
                         assert isinstance(end, End)
-                        assert end.reason == "stop"
+                        assert end.reason == "stop", end
                         order.append("ended")
 
                 await n.start(consume)
@@ -248,6 +251,9 @@ async def test_leaving_the_host_ends_running_tasks_and_closes_every_adapter(
     for u in ups:
         u.script(Fault.stall_after(2))
     seen: dict[str, list[Event]] = {}
+    await trio.testing.wait_all_tasks_blocked()
+    tasks_before = trio.lowlevel.current_statistics().tasks_living
+    fds_before = len(os.listdir("/proc/self/fd"))
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as outer:
             async with open_host(ups) as host:
@@ -266,6 +272,9 @@ async def test_leaving_the_host_ends_running_tasks_and_closes_every_adapter(
         for u in ups:
             await u.wait_quiet()
             assert u.connections_open == 0
+        await trio.testing.wait_all_tasks_blocked()
+    assert trio.lowlevel.current_statistics().tasks_living == tasks_before  # no task left
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # no socket left
     for events in seen.values():
         end = check_stream(events)
         assert end.error is not None

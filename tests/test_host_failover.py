@@ -6,6 +6,7 @@ replica that failed the task, within `max_failovers`, the total deadline and the
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 import trio
@@ -435,3 +436,46 @@ async def test_deadline_unmet_is_not_a_breaker_failure(
     assert error is not None
     assert error.kind is ErrorKind.DEADLINE_UNMET
     assert (r0.failures, r0.consecutive_failures) == (0, 0)
+
+
+async def test_many_concurrent_tasks_with_random_faults_each_get_one_whole_stream(
+    nursery: trio.Nursery,
+) -> None:
+    ups = await start_upstreams(nursery, 3)
+    faults = [
+        Fault.ok(),
+        Fault.status(503),
+        Fault.status(500),
+        Fault.status(429),
+        Fault.status(400),
+        Fault.eof_after(None),
+        Fault.reset_after(2),
+        Fault.not_event_stream(),
+    ]
+    rng = random.Random(7)
+    policy = dataclasses.replace(POLICY, breaker_failures=1000)
+    outcomes: list[str] = []
+    async with open_host(ups, policy) as host:
+        async with trio.open_nursery() as tasks:
+            for i in range(60):
+                cid = f"c{i}"
+                for u in ups:  # each replica plays its own fault for this task's attempts
+                    u.script_for(cid, *rng.choices(faults, k=2))
+
+                async def one(i: int = i, cid: str = cid) -> None:
+                    req = TaskRequest(task_id=f"t{i}", prompt="hi", correlation_id=cid)
+                    events = await run(host, req)
+                    end = check_stream(events)
+                    if isinstance(events[0], Started):
+                        assert events[0].replica_id in {"r0", "r1", "r2"}
+                        metrics = events[-2]
+                        assert isinstance(metrics, Metrics)
+                        assert metrics.retries == events[0].attempt - 1
+                    outcomes.append(end.reason)
+
+                tasks.start_soon(one)
+        stats = host.statistics().pools["p"]
+    assert len(outcomes) == 60
+    assert {"stop", "error"} <= set(outcomes)
+    assert (stats.submitted, stats.running) == (60, 0)
+    assert all(r.running == 0 for r in stats.replicas.values())

@@ -13,16 +13,21 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
+import oai_adapter._routing
 from oai_adapter._routing import Load, choose, rendezvous_order
 
 REPLICAS = [f"gpu-{i}" for i in range(5)]
 SESSIONS = [f"user-{i}" for i in range(200)]
 
+# The routing module alone (it imports only the standard library): a quick interpreter start.
 PLACE = """
-import json, sys
-from oai_adapter._routing import rendezvous_order
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("routing", sys.argv[3])
+routing = importlib.util.module_from_spec(spec)
+sys.modules["routing"] = routing
+spec.loader.exec_module(routing)
 replicas = json.loads(sys.argv[1]); sessions = json.loads(sys.argv[2])
-print(json.dumps([replicas[rendezvous_order(s, replicas)[0]] for s in sessions]))
+print(json.dumps([replicas[routing.rendezvous_order(s, replicas)[0]] for s in sessions]))
 """
 
 
@@ -31,7 +36,14 @@ def test_affinity_is_the_same_in_processes_with_different_hash_seeds() -> None:
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run(
-            [sys.executable, "-c", PLACE, json.dumps(REPLICAS), json.dumps(SESSIONS)],
+            [
+                sys.executable,
+                "-c",
+                PLACE,
+                json.dumps(REPLICAS),
+                json.dumps(SESSIONS),
+                oai_adapter._routing.__file__,
+            ],
             env=env,
             capture_output=True,
             check=True,

@@ -136,6 +136,7 @@ def _usage_stream(api: Api, prompt: str, completion: str) -> bytes:
         ('"3"', "true", (None, None)),  # not numbers at all
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_odd_usage_counts_end_as_stop_with_integral_counts_kept(
     hostile: HostileUpstream,
     loopback_clock: trio.abc.Clock,
@@ -223,6 +224,7 @@ async def test_deeply_nested_json_as_the_first_event_ends_the_task_as_protocol(
 _KEY = "sk-proj-Hostile0Echo1Key2Zq8Xr4Lm2Np7"
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_debug_records_of_the_http_stack_never_show_an_echoed_key(
     hostile: HostileUpstream, loopback_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -106,6 +106,7 @@ def hanging_stream() -> Reply:
 # --- protocol selection ---------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_h2c_prior_knowledge_streams_and_reports_http2(h2up: H2Upstream) -> None:
     with trio.fail_after(IO_DEADLINE):
         async with OpenAIAdapter(h2config(h2up)) as adapter:
@@ -118,6 +119,7 @@ async def test_h2c_prior_knowledge_streams_and_reports_http2(h2up: H2Upstream) -
     assert events[-1].reason == "stop"
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_tls_alpn_negotiates_http2_with_verification_on(nursery: trio.Nursery) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -259,6 +261,7 @@ async def test_outer_cancel_scope_resets_the_stream(h2up: H2Upstream) -> None:
     assert h2up.resets() == [(1, CANCEL)]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_idle_timeout_resets_the_stream(h2up: H2Upstream) -> None:
     h2up.script(hanging_stream())
     timeouts = Timeouts(idle=0.2, first_token=5.0)
@@ -329,6 +332,7 @@ async def test_window_of_dropped_data_is_returned_to_the_connection(h2up: H2Upst
 # --- multiplexing, limits, drift ------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_200_streams_multiplex_over_one_connection_each_ordered_and_complete(
     nursery: trio.Nursery,
 ) -> None:
@@ -382,6 +386,7 @@ async def test_peer_max_concurrent_streams_of_2_serves_10_tasks(nursery: trio.Nu
     assert upstream.resets() == []
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_waiting_for_a_stream_slot_is_bounded_by_the_connect_timeout(
     nursery: trio.Nursery,
 ) -> None:
@@ -473,6 +478,7 @@ async def test_goaway_mid_stream_finishes_covered_stream_and_retries_the_unproce
     assert h2up.connections_total == 2
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_peer_reset_after_headers_is_worker_reset_and_connection_survives(
     h2up: H2Upstream,
 ) -> None:
@@ -545,8 +551,8 @@ async def test_closing_the_adapter_sends_goaway_and_ends_connection_tasks(
             await collect(adapter, "t")
             transport = transport_of(adapter)
             assert transport.statistics().connections == 1
-            (transport_nursery,) = set(me.child_nurseries) - set(before)
-            assert transport_nursery.child_tasks  # the connection's tasks live here
+            opened = set(me.child_nurseries) - set(before)  # the transport's, the drains'
+            assert any(n.child_tasks for n in opened)  # the connection's tasks live there
         assert transport.statistics().connections == 0
         assert me.child_nurseries == before  # no task outlives the adapter
         await h2up.wait_frames(1)
@@ -624,6 +630,7 @@ async def test_lowered_max_concurrent_streams_mid_connection_is_honoured(
     assert h2up.connections_total == 1
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_debug_logging_of_the_http2_stack_never_shows_the_key(h2up: H2Upstream) -> None:
     # An application that turns on DEBUG for every stdlib logger must not get the key from
     # hpack, which logs whole encoded header blocks (Huffman-coded, decodable) at DEBUG.

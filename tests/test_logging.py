@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 from loguru import logger
+from trio.testing import MockClock
 
 from oai_adapter import (
     End,
@@ -29,6 +30,7 @@ from oai_adapter._log import ERROR_FIELDS, TASK_FIELDS
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
 from .conftest import IO_DEADLINE, make_config
+from .helpers import collect
 
 Record = dict[str, Any]
 
@@ -49,12 +51,6 @@ def records() -> Iterator[list[Record]]:
     finally:
         logger.remove(sink)
         logger.disable("oai_adapter")
-
-
-async def run(adapter: OpenAIAdapter, req: TaskRequest) -> list[object]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
 
 
 def narration(records: list[Record]) -> list[tuple[str, str]]:
@@ -116,12 +112,13 @@ def test_library_is_silent_until_the_application_enables_it() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_every_record_of_a_task_has_exactly_the_standard_fields(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
     config = make_config(upstream, pool_id="pool-a", replica_id="r-7")
     async with OpenAIAdapter(config) as adapter:
-        events = await run(adapter, TaskRequest(task_id="t-1", prompt="hi", session_id="s-9"))
+        events = await collect(adapter, TaskRequest(task_id="t-1", prompt="hi", session_id="s-9"))
     tokens = sum(isinstance(e, Token) for e in events)
     assert records
     for r in records:
@@ -143,16 +140,17 @@ async def test_every_record_of_a_task_has_exactly_the_standard_fields(
     assert end["decode_time_ms"] is not None
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_a_task_is_narrated_once_per_step_never_per_token(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         upstream.tokens = ["a"] * 3
-        await run(adapter, TaskRequest(task_id="few", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="few", prompt="hi"))
         few = narration(records)
         records.clear()
         upstream.tokens = ["a"] * 300
-        await run(adapter, TaskRequest(task_id="many", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="many", prompt="hi"))
         many = narration(records)
     assert (
         few == many == [("DEBUG", "request sent"), ("INFO", "stream accepted"), ("INFO", "ended")]
@@ -160,6 +158,7 @@ async def test_a_task_is_narrated_once_per_step_never_per_token(
     assert "tokens_out 300" in records[-1]["message"]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_retries_are_narrated_once_each_at_warning_with_the_error_fields(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
@@ -169,7 +168,7 @@ async def test_retries_are_narrated_once_each_at_warning_with_the_error_fields(
         Reply(),
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="r", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="r", prompt="hi"))
     assert narration(records) == [
         ("DEBUG", "request sent"),
         ("WARNING", "attempt 1 failed"),
@@ -195,12 +194,13 @@ async def test_retries_are_narrated_once_each_at_warning_with_the_error_fields(
             assert keys(r) == TASK
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_correlation_id_is_identical_on_every_attempt_and_every_record(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
     upstream.script(Reply.status_only(503), Reply.status_only(502), Reply())
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="c", prompt="hi", correlation_id="corr-42"))
+        await collect(adapter, TaskRequest(task_id="c", prompt="hi", correlation_id="corr-42"))
     sent = [r.headers.get("x-correlation-id") for r in upstream.completion_requests()]
     assert sent == ["corr-42"] * 3
     assert {r["extra"]["correlation_id"] for r in records} == {"corr-42"}
@@ -212,8 +212,8 @@ async def test_a_missing_correlation_id_is_generated_as_uuid4_hex_and_kept_acros
 ) -> None:
     upstream.script(Reply.status_only(503), Reply())
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="g1", prompt="hi"))
-        await run(adapter, TaskRequest(task_id="g2", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="g1", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="g2", prompt="hi"))
     sent = [r.headers["x-correlation-id"] for r in upstream.completion_requests()]
     first, retried, second = sent
     assert first == retried != second
@@ -228,6 +228,7 @@ async def test_a_missing_correlation_id_is_generated_as_uuid4_hex_and_kept_acros
     assert by_task == {"g1": {first}, "g2": {second}}
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_an_error_is_narrated_once_at_error_with_its_fields_and_no_headers(
     upstream: FakeUpstream, records: list[Record]
 ) -> None:
@@ -241,7 +242,7 @@ async def test_an_error_is_narrated_once_at_error_with_its_fields_and_no_headers
         )
     )
     async with OpenAIAdapter(make_config(upstream, api_key="sk-test-abcdefghijkl")) as adapter:
-        events = await run(adapter, TaskRequest(task_id="e", prompt="hi"))
+        events = await collect(adapter, TaskRequest(task_id="e", prompt="hi"))
     end = events[-1]
     assert isinstance(end, End)
     assert end.error is not None
@@ -288,7 +289,7 @@ async def test_an_error_inside_the_stream_is_narrated_with_its_kind(
         )
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        await run(adapter, TaskRequest(task_id="mid", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="mid", prompt="hi"))
     assert narration(records) == [
         ("DEBUG", "request sent"),
         ("INFO", "stream accepted"),
@@ -301,7 +302,7 @@ async def test_an_error_inside_the_stream_is_narrated_with_its_kind(
 
 
 async def test_a_cancel_is_narrated_once_with_the_tokens_delivered(
-    upstream: FakeUpstream, records: list[Record], autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, records: list[Record], loopback_clock: MockClock
 ) -> None:
     upstream.pace = 1.0
     async with OpenAIAdapter(make_config(upstream)) as adapter:
@@ -326,7 +327,7 @@ async def test_a_cancel_is_narrated_once_with_the_tokens_delivered(
 
 
 async def test_leaving_the_submit_block_early_is_narrated_as_one_cancel(
-    upstream: FakeUpstream, records: list[Record], autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, records: list[Record], loopback_clock: MockClock
 ) -> None:
     upstream.pace = 1.0
     async with OpenAIAdapter(make_config(upstream)) as adapter:
@@ -354,19 +355,21 @@ async def test_leaving_after_the_upstream_finished_adds_no_cancel_record(
     assert not [r for r in records if r["message"].startswith("cancelled")]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6010")
 async def test_engine_version_is_logged_once_known(
     adapter: OpenAIAdapter, records: list[Record]
 ) -> None:
-    await run(adapter, TaskRequest(task_id="before", prompt="hi"))
+    await collect(adapter, TaskRequest(task_id="before", prompt="hi"))
     version = await adapter.engine_version()
     records.clear()
-    await run(adapter, TaskRequest(task_id="after", prompt="hi"))
+    await collect(adapter, TaskRequest(task_id="after", prompt="hi"))
     assert version.engine == "llama.cpp"
     assert {r["extra"]["engine_version"] for r in records} == {"llama.cpp b1-0c1e570"}
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_probe_retries_carry_the_adapter_fields_with_task_ones_none(
-    upstream: FakeUpstream, records: list[Record], autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, records: list[Record], loopback_clock: MockClock
 ) -> None:
     upstream.loading = True
     config = make_config(
@@ -392,6 +395,7 @@ async def test_probe_retries_carry_the_adapter_fields_with_task_ones_none(
             assert extra[field] is None
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_json_lines_sink_gets_every_field_and_no_key(records: list[Record]) -> None:
     """The JSON-lines recipe of docs/observability.md (`serialize=True`): one JSON object per
     record, the standard fields under `record.extra`, the key redacted even where the upstream
@@ -405,7 +409,7 @@ async def test_json_lines_sink_gets_every_field_and_no_key(records: list[Record]
             await nursery.start(upstream.serve)
             config = make_config(upstream, api_key=wrong_key)
             async with OpenAIAdapter(config) as adapter:
-                events = await run(adapter, TaskRequest(task_id="j", prompt="hi"))
+                events = await collect(adapter, TaskRequest(task_id="j", prompt="hi"))
             nursery.cancel_scope.cancel()
     finally:
         logger.remove(sink)

@@ -9,34 +9,21 @@ from hypothesis import strategies as st
 from oai_adapter import ErrorKind, Token
 from oai_adapter._events import Event
 from oai_adapter._mappers import ChatMapper, ProtocolError, finish_to_reason
-from oai_adapter._sse import SSEDecoder
-from oai_adapter.testing import Send, chat_chunk, completion_chunk, render_stream, sse
+from oai_adapter.testing import chat_chunk, completion_chunk, render_stream, sse
+
+from .sansio import body_of, map_stream, split_at
 
 
-def run(body: bytes, chunks: list[int] | None = None) -> tuple[ChatMapper, list[Event]]:
+def run(body: bytes, cuts: list[int] | None = None) -> tuple[ChatMapper, list[Event]]:
     mapper = ChatMapper("t")
-    decoder = SSEDecoder()
-    out: list[Event] = []
-    points = sorted({c % (len(body) + 1) for c in chunks or []})
-    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
-    for piece in pieces:
-        for name, data in decoder.feed(piece):
-            if not mapper.done:
-                mapper.feed(name, data, out)
-    for name, data in decoder.close():
-        if not mapper.done:
-            mapper.feed(name, data, out)
-    return mapper, out
-
-
-def body_of(steps: list[object]) -> bytes:
-    return b"".join(s.data for s in steps if isinstance(s, Send))
+    return mapper, map_stream(mapper, split_at(body, cuts or []))
 
 
 def texts(out: list[Event]) -> list[str]:
     return [e.text for e in out if isinstance(e, Token)]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_role_only_first_delta_and_empty_content_yield_no_token() -> None:
     body = sse(chat_chunk("", role=True)) + sse(chat_chunk(None, role=True)) + sse(chat_chunk("Hi"))
     _, out = run(body)
@@ -187,6 +174,7 @@ TOKENS = st.lists(
     cuts=st.lists(st.integers(min_value=0, max_value=100_000), max_size=30),
     api=st.sampled_from(["chat", "completions"]),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6001", "OC-ADAPT-OAI-6011")
 def test_any_byte_split_gives_the_same_tokens(tokens: list[str], cuts: list[int], api: str) -> None:
     body = body_of(render_stream(api, tokens, usage=(1, len(tokens))))  # type: ignore[arg-type]
     mapper, out = run(body, cuts)

@@ -1,5 +1,6 @@
-"""`Metrics` is exact (OC-ADAPT-OAI-6031): with `autojump_clock` and an upstream that paces its
-tokens with `trio.sleep`, every figure is known in advance, to the bit.
+"""`Metrics` is exact (OC-ADAPT-OAI-6031): with `loopback_clock` (virtual time that jumps only
+by deadlines, safe beside real loopback sockets) and an upstream that paces its tokens with
+`trio.sleep`, every figure is known in advance, to the bit.
 
 `ttft_ms`: `submit` entered → the network read that carried the first Token (connect, a stall
 before the headers and retries included); `decode_time_ms`: that read → the read carrying the
@@ -8,7 +9,9 @@ the float arithmetic is exact."""
 
 from __future__ import annotations
 
+import pytest
 import trio
+from trio.testing import MockClock
 
 from oai_adapter import (
     AdapterConfig,
@@ -22,15 +25,10 @@ from oai_adapter import (
 )
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
-from .conftest import IO_DEADLINE, make_config
+from .conftest import make_config
+from .helpers import collect
 
 PACE = 0.25  # seconds before each token
-
-
-async def run(adapter: OpenAIAdapter, req: TaskRequest) -> list[object]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
 
 
 def metrics_of(events: list[object]) -> Metrics:
@@ -48,12 +46,13 @@ async def paced(nursery: trio.Nursery, tokens: int, **kwargs: object) -> FakeUps
     return upstream
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_ttft_decode_time_and_duration_are_exact_with_a_paced_upstream(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     upstream = await paced(nursery, 8)
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        events = await run(adapter, TaskRequest(task_id="p", prompt="one two three"))
+        events = await collect(adapter, TaskRequest(task_id="p", prompt="one two three"))
     m = metrics_of(events)
     assert m.ttft_ms == 250.0  # one pace before the first token
     assert m.decode_time_ms == 7 * 250.0  # seven paces between the first and the eighth
@@ -64,19 +63,20 @@ async def test_ttft_decode_time_and_duration_are_exact_with_a_paced_upstream(
 
 
 async def test_ttft_counts_from_submit_so_a_stall_before_the_headers_is_in_it(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     upstream = await paced(nursery, 4)
     upstream.script(Reply(delay=1.5))  # the upstream sits on the request before answering
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        m = metrics_of(await run(adapter, TaskRequest(task_id="s", prompt="hi")))
+        m = metrics_of(await collect(adapter, TaskRequest(task_id="s", prompt="hi")))
     assert m.ttft_ms == 1500.0 + 250.0
     assert m.decode_time_ms == 3 * 250.0
     assert m.duration_ms == 1500.0 + 4 * 250.0
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_ttft_and_duration_include_failed_attempts_and_their_backoff(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, loopback_clock: MockClock
 ) -> None:
     upstream = await paced(nursery, 2)
     upstream.script(
@@ -92,7 +92,7 @@ async def test_ttft_and_duration_include_failed_attempts_and_their_backoff(
     )
     config = make_config(upstream, retry=RetryPolicy(max_attempts=3, base=0.5, cap=2.0))
     async with OpenAIAdapter(config) as adapter:
-        events = await run(adapter, TaskRequest(task_id="r", prompt="hi"))
+        events = await collect(adapter, TaskRequest(task_id="r", prompt="hi"))
     started = events[0]
     assert isinstance(started, Started)
     assert started.attempt == 3
@@ -105,34 +105,35 @@ async def test_ttft_and_duration_include_failed_attempts_and_their_backoff(
 
 
 async def test_one_read_carrying_every_token_has_zero_decode_time(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     body = b"".join(sse(chat_chunk(t)) for t in ("a", "b", "c"))
     body += sse(chat_chunk(None, finish="stop")) + b"data: [DONE]\n\n"
     upstream.script(Reply(delay=0.125, steps=[Send(body)]))
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        m = metrics_of(await run(adapter, TaskRequest(task_id="one", prompt="hi")))
+        m = metrics_of(await collect(adapter, TaskRequest(task_id="one", prompt="hi")))
     assert m.tokens_out == 3
     assert m.ttft_ms == 125.0
     assert m.decode_time_ms == 0.0  # FACTS.md: a fast server may send the whole answer at once
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_usage_is_requested_and_reported_when_include_usage(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.tokens = ["x"] * 5
     async with OpenAIAdapter(make_config(upstream, include_usage=True)) as adapter:
-        m = metrics_of(await run(adapter, TaskRequest(task_id="u", prompt="a b c d")))
+        m = metrics_of(await collect(adapter, TaskRequest(task_id="u", prompt="a b c d")))
     (request,) = upstream.completion_requests()
     assert request.json["stream_options"] == {"include_usage": True}
     assert (m.prompt_tokens, m.completion_tokens) == (4, 5)
 
 
 async def test_no_usage_is_requested_or_invented_without_include_usage(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     async with OpenAIAdapter(make_config(upstream, include_usage=False)) as adapter:
-        m = metrics_of(await run(adapter, TaskRequest(task_id="n", prompt="a b")))
+        m = metrics_of(await collect(adapter, TaskRequest(task_id="n", prompt="a b")))
     (request,) = upstream.completion_requests()
     assert "stream_options" not in request.json
     assert (m.prompt_tokens, m.completion_tokens) == (None, None)
@@ -140,13 +141,13 @@ async def test_no_usage_is_requested_or_invented_without_include_usage(
 
 
 async def test_completions_usage_comes_from_the_finish_chunk(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.tokens = ["y"] * 3
     upstream.pace = PACE
     config = make_config(upstream, api="completions")
     async with OpenAIAdapter(config) as adapter:
-        m = metrics_of(await run(adapter, TaskRequest(task_id="c", prompt="a b c d e")))
+        m = metrics_of(await collect(adapter, TaskRequest(task_id="c", prompt="a b c d e")))
     (request,) = upstream.completion_requests()
     assert request.path == "/v1/completions"
     assert request.json["stream_options"] == {"include_usage": True}
@@ -154,8 +155,9 @@ async def test_completions_usage_comes_from_the_finish_chunk(
     assert (m.ttft_ms, m.decode_time_ms, m.duration_ms) == (250.0, 500.0, 750.0)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_tokens_out_counts_token_events_whatever_the_usage_says(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(
         Reply(
@@ -169,13 +171,13 @@ async def test_tokens_out_counts_token_events_whatever_the_usage_says(
         )
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        m = metrics_of(await run(adapter, TaskRequest(task_id="t", prompt="hi")))
+        m = metrics_of(await collect(adapter, TaskRequest(task_id="t", prompt="hi")))
     assert m.tokens_out == 1
     assert (m.prompt_tokens, m.completion_tokens) == (7, 4)
 
 
 async def test_a_task_without_tokens_has_no_ttft_or_decode_time(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(
         Reply(
@@ -184,7 +186,7 @@ async def test_a_task_without_tokens_has_no_ttft_or_decode_time(
         )
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        events = await run(adapter, TaskRequest(task_id="z", prompt="hi"))
+        events = await collect(adapter, TaskRequest(task_id="z", prompt="hi"))
     m = metrics_of(events)
     assert (m.ttft_ms, m.decode_time_ms, m.tokens_out) == (None, None, 0)
     assert m.duration_ms == 500.0

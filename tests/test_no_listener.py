@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import oai_adapter
 from oai_adapter.testing import FakeUpstream
 
@@ -15,6 +17,7 @@ LISTENING = re.compile(
 )
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6003")
 def test_library_modules_open_no_listening_socket() -> None:
     modules = [p for p in LIBRARY.rglob("*.py") if "testing" not in p.relative_to(LIBRARY).parts]
     assert len(modules) > 10
@@ -22,6 +25,7 @@ def test_library_modules_open_no_listening_socket() -> None:
     assert offenders == []
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6003")
 def test_the_test_upstream_binds_loopback_by_default() -> None:
     assert FakeUpstream().host == "127.0.0.1"
     assert LISTENING.search((LIBRARY / "testing" / "_upstream.py").read_text())  # it does listen

@@ -16,12 +16,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from trio.testing import MockClock
 
 from oai_adapter import End, OpenAIAdapter, TaskRequest, Token
 from oai_adapter.otel import instrument, uninstrument
 from oai_adapter.testing import FakeUpstream, Reply
 
 from .conftest import IO_DEADLINE, make_config
+from .helpers import collect
 
 
 class Telemetry:
@@ -62,12 +64,6 @@ def otel() -> Iterator[Telemetry]:
     t.tracers.shutdown()
 
 
-async def run(adapter: OpenAIAdapter, req: TaskRequest) -> list[object]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
-
-
 def attrs(point: Any) -> dict[str, Any]:
     return dict(point.attributes)
 
@@ -88,14 +84,15 @@ def test_import_oai_adapter_does_not_import_opentelemetry() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
-    nursery: trio.Nursery, otel: Telemetry, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, otel: Telemetry, loopback_clock: MockClock
 ) -> None:
     upstream = FakeUpstream(tokens=["a", "b", "c", "d", "e"], pace=0.25)
     await nursery.start(upstream.serve)
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         otel.instrument(adapter)
-        await run(adapter, TaskRequest(task_id="m", prompt="one two three"))
+        await collect(adapter, TaskRequest(task_id="m", prompt="one two three"))
     got = otel.metrics()
     assert {name: unit for name, (unit, _) in got.items()} == {
         "gen_ai.client.operation.duration": "s",
@@ -119,7 +116,7 @@ async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
         assert attrs(point) == common
         assert point.count == 1
     (duration,) = got["gen_ai.client.operation.duration"][1]
-    assert duration.sum == 5 * 0.25  # exact: trio's clock, autojump
+    assert duration.sum == 5 * 0.25  # exact: virtual time (loopback_clock)
     assert duration.explicit_bounds[:3] == (0.01, 0.02, 0.04)
     (first,) = got["gen_ai.client.operation.time_to_first_chunk"][1]
     assert first.sum == 0.25
@@ -133,6 +130,7 @@ async def test_metric_names_units_and_attributes_follow_the_genai_conventions(
         assert p.explicit_bounds[:3] == (1, 4, 16)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 async def test_each_task_has_one_client_span_with_the_genai_attributes(
     upstream: FakeUpstream, otel: Telemetry
 ) -> None:
@@ -141,7 +139,7 @@ async def test_each_task_has_one_client_span_with_the_genai_attributes(
         req = TaskRequest(
             task_id="s1", prompt="a b", max_tokens=3, temperature=0.5, correlation_id="corr-1"
         )
-        events = await run(adapter, req)
+        events = await collect(adapter, req)
     assert sum(isinstance(e, Token) for e in events) == 3
     (span,) = otel.spans()
     assert span.name == "chat test-model"
@@ -165,7 +163,7 @@ async def test_legacy_completions_are_text_completion_operations(
 ) -> None:
     async with OpenAIAdapter(make_config(upstream, api="completions")) as adapter:
         otel.instrument(adapter)
-        await run(adapter, TaskRequest(task_id="c", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="c", prompt="hi"))
     (span,) = otel.spans()
     assert span.name == "text_completion test-model"
     (point,) = otel.metrics()["gen_ai.client.operation.duration"][1]
@@ -178,7 +176,7 @@ async def test_a_failed_task_records_error_type_on_its_span_and_duration(
     upstream.script(Reply.status_only(400, {"error": {"message": "bad temperature"}}))
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         otel.instrument(adapter)
-        events = await run(adapter, TaskRequest(task_id="f", prompt="hi"))
+        events = await collect(adapter, TaskRequest(task_id="f", prompt="hi"))
     end = events[-1]
     assert isinstance(end, End)
     assert end.reason == "error"
@@ -196,7 +194,7 @@ async def test_a_failed_task_records_error_type_on_its_span_and_duration(
 
 
 async def test_a_cancelled_task_ends_its_span_once_as_cancelled(
-    nursery: trio.Nursery, otel: Telemetry, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, otel: Telemetry, loopback_clock: MockClock
 ) -> None:
     upstream = FakeUpstream(pace=1.0)
     await nursery.start(upstream.serve)
@@ -216,7 +214,7 @@ async def test_a_cancelled_task_ends_its_span_once_as_cancelled(
 
 
 async def test_leaving_the_submit_block_early_still_ends_the_span(
-    nursery: trio.Nursery, otel: Telemetry, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, otel: Telemetry, loopback_clock: MockClock
 ) -> None:
     upstream = FakeUpstream(pace=1.0)
     await nursery.start(upstream.serve)
@@ -236,9 +234,9 @@ async def test_uninstrument_stops_recording_new_tasks(
 ) -> None:
     async with OpenAIAdapter(make_config(upstream)) as adapter:
         otel.instrument(adapter)
-        await run(adapter, TaskRequest(task_id="1", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="1", prompt="hi"))
         uninstrument(adapter)
-        await run(adapter, TaskRequest(task_id="2", prompt="hi"))
+        await collect(adapter, TaskRequest(task_id="2", prompt="hi"))
     assert [dict(s.attributes or {})["oai_adapter.task_id"] for s in otel.spans()] == ["1"]
 
 
@@ -246,7 +244,14 @@ def test_otel_module_all_is_complete_and_sorted() -> None:
     import oai_adapter.otel as otel_module
 
     assert list(otel_module.__all__) == sorted(otel_module.__all__)
-    assert {"instrument", "uninstrument", "GenAITelemetry"} == set(otel_module.__all__)
+    assert {
+        "instrument",
+        "uninstrument",
+        "GenAITelemetry",
+        "HostCounters",
+        "instrument_host",
+        "uninstrument_host",
+    } == set(otel_module.__all__)
 
 
 class _BrokenTaskTelemetry:
@@ -267,8 +272,8 @@ async def test_a_failing_telemetry_does_not_break_the_task(upstream: FakeUpstrea
     sink = logger.add(lambda m: got.append(m.record), level="WARNING", filter="oai_adapter")
     try:
         async with OpenAIAdapter(make_config(upstream)) as adapter:
-            adapter._telemetry = _BrokenTelemetry()
-            events = await run(adapter, TaskRequest(task_id="t", prompt="hi"))
+            adapter.attach_telemetry(_BrokenTelemetry())
+            events = await collect(adapter, TaskRequest(task_id="t", prompt="hi"))
     finally:
         logger.remove(sink)
         logger.disable("oai_adapter")

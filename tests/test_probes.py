@@ -3,13 +3,16 @@ and against a down one: best effort, never raising."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import trio
+from trio.testing import MockClock
 
 from oai_adapter import EngineVersion, HealthStatus, OpenAIAdapter, WorkerProps
 from oai_adapter.testing import FakeUpstream
 
 from .conftest import IO_DEADLINE, make_config
+from .hostile import HostileUpstream, json_response
 
 
 async def start(nursery: trio.Nursery, **kwargs: object) -> FakeUpstream:
@@ -26,6 +29,7 @@ async def dead_port() -> int:
     return port
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000", "OC-ADAPT-OAI-6010")
 async def test_llama_cpp_shapes(nursery: trio.Nursery) -> None:
     up = await start(nursery, flavor="llama.cpp", slots=4, n_ctx=4096)
     async with OpenAIAdapter(make_config(up)) as adapter:
@@ -43,6 +47,7 @@ async def test_llama_cpp_shapes(nursery: trio.Nursery) -> None:
     )
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000", "OC-ADAPT-OAI-6010")
 async def test_vllm_shapes(nursery: trio.Nursery) -> None:
     up = await start(nursery, flavor="vllm", n_ctx=8192)
     async with OpenAIAdapter(make_config(up, model_digest="sha256:abc")) as adapter:
@@ -59,6 +64,7 @@ async def test_vllm_shapes(nursery: trio.Nursery) -> None:
     )
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6010")
 async def test_openai_like_upstream_without_engine_probes(nursery: trio.Nursery) -> None:
     up = await start(nursery, flavor="openai")
     async with OpenAIAdapter(make_config(up)) as adapter:
@@ -84,6 +90,7 @@ async def test_unlisted_model_is_live_but_not_ready(nursery: trio.Nursery) -> No
     assert "other-model" in health.detail
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_refused_key_is_live_not_ready_without_fallback(nursery: trio.Nursery) -> None:
     up = await start(nursery, api_key="sk-right-key-000000")
     async with OpenAIAdapter(make_config(up, api_key="sk-wrong-key-11111111")) as adapter:
@@ -115,6 +122,7 @@ async def test_loading_model_is_live_not_ready(nursery: trio.Nursery) -> None:
 
 
 @pytest.mark.parametrize("probe", ["health", "props", "engine_version"])
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_down_upstream_never_raises(probe: str) -> None:
     port = await dead_port()
     config = make_config(FakeUpstream(), base_url=f"http://127.0.0.1:{port}/v1")
@@ -132,6 +140,7 @@ async def test_down_upstream_never_raises(probe: str) -> None:
         assert result.version == "unknown"
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6010")
 async def test_engine_version_is_cached_for_log_records(nursery: trio.Nursery) -> None:
     up = await start(nursery)
     async with OpenAIAdapter(make_config(up)) as adapter:
@@ -176,3 +185,54 @@ async def test_a_probe_body_over_the_cap_is_cut_and_closed(nursery: trio.Nursery
     # (an unclosed body generator would be a ResourceWarning, an error here).
     assert health.live
     assert not health.ready
+
+
+#: About 2 KB of nested `[`: msgspec raises RecursionError, not DecodeError, on it.
+DEEP = b'{"data": ' + b"[" * 2100 + b"]" * 2100 + b"}"
+
+
+@pytest.mark.parametrize("flavor", ["llama.cpp", "vllm"])
+async def test_probes_answer_not_reported_for_json_nested_too_deep(
+    nursery: trio.Nursery, flavor: str
+) -> None:
+    up = await start(nursery, flavor=flavor)
+    for path in ("/props", "/slots", "/v1/models", "/version", "/info", "/api/version", "/health"):
+        up.probe_overrides[path] = (200, DEEP)
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+            props = await adapter.props()
+            version = await adapter.engine_version()
+    assert health == HealthStatus(
+        live=True, ready=False, detail="model 'test-model' is not listed (listed: none)"
+    )
+    assert props == WorkerProps(slots_total=None, slots_free=None, model=None, context_length=None)
+    assert (version.engine, version.version) == ("unknown", "unknown")
+
+
+async def test_a_probe_error_body_nested_too_deep_still_gives_the_status(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start(nursery)
+    up.probe_overrides["/v1/models"] = (500, DEEP)
+    async with OpenAIAdapter(make_config(up)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert health.live
+    assert not health.ready
+    assert health.detail.startswith("/models: HTTP 500")
+
+
+async def test_health_lists_each_model_id_once_in_order(
+    hostile: HostileUpstream, loopback_clock: MockClock
+) -> None:
+    """Regression (issue 14): `/models` listing an id twice was reported twice."""
+    listing = [{"id": "a"}, {"id": "b"}, {"id": "a"}, {"model": "b"}, {"id": ""}]
+    listing += [{"id": f"m{i}"} for i in range(10)]
+    body = msgspec.json.encode({"data": listing})
+    hostile.play(json_response(200, body))
+    async with OpenAIAdapter(make_config(hostile, model="absent")) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            health = await adapter.health()
+    assert not health.ready
+    assert "(listed: a, b, m0, m1, m2)" in health.detail

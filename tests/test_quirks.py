@@ -15,10 +15,10 @@ import trio
 
 from oai_adapter import End, ErrorKind, OpenAIAdapter, TaskRequest, Token
 from oai_adapter._errors import error_from_status
-from oai_adapter._events import Event
 from oai_adapter._mappers import ChatMapper
-from oai_adapter._sse import SSEDecoder
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
+
+from .sansio import map_stream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "litellm-1.108.7"
 LLAMA = Path(__file__).parent / "fixtures" / "llama-cpp-python-0.3.36"
@@ -55,19 +55,9 @@ def _llama(name: str) -> bytes:
 
 def _map(raw: bytes, chunk: int | None = None) -> Mapped:
     """What the reader does: feed reads to the decoder, events to the mapper, stop at `done`."""
-    decoder, mapper = SSEDecoder(), ChatMapper("t")
-    out: list[Event] = []
+    mapper = ChatMapper("t")
     reads = [raw] if chunk is None else [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
-    for read in reads:
-        for name, data in decoder.feed(read):
-            mapper.feed(name, data, out)
-            if mapper.done:
-                break
-        if mapper.done:
-            break
-    else:
-        for name, data in decoder.close():
-            mapper.feed(name, data, out)
+    out = map_stream(mapper, reads)
     tokens = [e for e in out if isinstance(e, Token)]
     assert [t.index for t in tokens] == list(range(len(tokens)))
     return Mapped(tokens, mapper)
@@ -88,6 +78,7 @@ def _map(raw: bytes, chunk: int | None = None) -> Mapped:
         ("../llama-cpp-python-0.3.36/completions-usage.sse", " ".join(TINY_TEXT.split(" ")[:9])),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_real_server_streams_give_the_same_text_for_any_chunking(
     fixture: str, text: str, chunk: int | None
 ) -> None:
@@ -97,6 +88,7 @@ def test_real_server_streams_give_the_same_text_for_any_chunking(
     assert mapped.mapper.error is None
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_litellm_chat_role_only_first_delta_is_not_a_token() -> None:
     # {"delta":{"role":"assistant","content":""}} opens the stream.
     raw = _raw("chat-nousage.sse")
@@ -106,6 +98,7 @@ def test_litellm_chat_role_only_first_delta_is_not_a_token() -> None:
     assert len(mapped.tokens) == 8
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 def test_litellm_tokens_keep_their_leading_spaces() -> None:
     mapped = _map(_raw("chat-nousage.sse"))
     assert [t.text for t in mapped.tokens[:3]] == ["Trio", " makes", " structured"]
@@ -127,6 +120,7 @@ def test_litellm_chat_usage_comes_on_a_choice_with_an_empty_delta_after_the_fini
     assert mapped.mapper.finish == "length"
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 def test_litellm_completions_all_zero_usage_on_every_chunk_is_a_placeholder() -> None:
     raw = _raw("completions-nousage.sse")
     assert raw.count(b'"usage":{"completion_tokens":0,"prompt_tokens":0') == 9
@@ -185,6 +179,7 @@ def test_litellm_404_for_an_unsupported_route_is_upstream_not_found() -> None:
     assert error.message.startswith("litellm.NotFoundError")
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_litellm_unknown_model_is_a_400_invalid_params() -> None:
     error = error_from_status(400, _raw("unknown-model-400.json"))
     assert error.kind is ErrorKind.INVALID_PARAMS
@@ -211,6 +206,7 @@ def test_string_429_as_the_first_event_is_an_admission_reject_worth_retrying() -
 # --- llama-cpp-python[server] 0.3.36 (llama.cpp's engine, the tiny GGUF model) ------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_llama_cpp_python_role_only_first_delta_has_no_content_key() -> None:
     raw = _llama("chat-stop.sse")
     assert b'"delta": {"role": "assistant"}, ' in raw.split(b"\n\n")[0]
@@ -248,6 +244,7 @@ def test_llama_cpp_python_fastapi_404_detail_body_is_upstream_not_found() -> Non
     assert error.message == "Not Found"
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 def test_llama_cpp_python_done_without_a_finish_reason_is_a_cut_short_stream() -> None:
     # With interrupt_requests (its default), a request that arrives while another one runs
     # makes the server end the running stream with `[DONE]` and no finish_reason.
@@ -262,6 +259,7 @@ def test_llama_cpp_python_done_without_a_finish_reason_is_a_cut_short_stream() -
     assert "[DONE]" in error.message
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 async def test_done_before_a_finish_reason_ends_the_task_with_an_error_not_a_stop(
     upstream: FakeUpstream, adapter: OpenAIAdapter
 ) -> None:

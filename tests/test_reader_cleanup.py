@@ -27,18 +27,6 @@ async def test_finished_stream_closes_the_response_byte_iterator(
     gc.collect()  # an unclosed async generator would warn here, failing the test
 
 
-async def test_tasks_in_a_row_reuse_one_pooled_connection(
-    adapter: OpenAIAdapter, upstream: FakeUpstream
-) -> None:
-    with trio.fail_after(IO_DEADLINE):
-        for i in range(3):
-            async with adapter.submit(TaskRequest(task_id=f"t{i}", prompt="Hi")) as events:
-                async for _ in events:
-                    pass
-    assert len(upstream.completion_requests()) == 3
-    assert upstream.connections_total == 1  # each response was read to its end
-
-
 async def test_test_upstream_keeps_a_request_that_arrives_while_it_streams(
     nursery: trio.Nursery,
 ) -> None:

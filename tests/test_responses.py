@@ -4,7 +4,7 @@ in the shapes of OpenAI/vLLM, llama.cpp's server and LiteLLM (FACTS.md, "Streams
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -12,6 +12,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from oai_adapter import (
     End,
@@ -27,7 +28,6 @@ from oai_adapter import (
 )
 from oai_adapter._mappers import ProtocolError
 from oai_adapter._responses import ResponsesMapper
-from oai_adapter._sse import SSEDecoder
 from oai_adapter.testing import (
     FakeUpstream,
     Reply,
@@ -35,13 +35,14 @@ from oai_adapter.testing import (
     ScriptedToolCall,
     Send,
     Sleep,
-    Step,
     render_responses_stream,
     responses_event,
     sse,
 )
 
-from .conftest import IO_DEADLINE, make_config
+from .conftest import make_config
+from .helpers import collect
+from .sansio import body_of, map_stream, split_at
 
 SHAPES: tuple[ResponsesShape, ...] = ("openai", "llama.cpp", "litellm")
 WORDS = ["Hello", ",", " wörld", " 🙂", " again"]
@@ -50,27 +51,11 @@ WORDS = ["Hello", ",", " wörld", " 🙂", " again"]
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def body_of(steps: Iterable[Step]) -> bytes:
-    return b"".join(step.data for step in steps if isinstance(step, Send))
-
-
 def run_mapper(
     chunks: Iterable[bytes], *, max_tokens: int | None = None
 ) -> tuple[list[Event], ResponsesMapper]:
-    """Decode and map a byte stream as the reader does (stop at `done`, close at EOF)."""
-    decoder = SSEDecoder()
     mapper = ResponsesMapper("t", max_tokens=max_tokens)
-    out: list[Event] = []
-    for chunk in chunks:
-        for name, data in decoder.feed(chunk):
-            mapper.feed(name, data, out)
-            if mapper.done:
-                return out, mapper
-    for name, data in decoder.close():
-        mapper.feed(name, data, out)
-        if mapper.done:
-            break
-    return out, mapper
+    return map_stream(mapper, chunks), mapper
 
 
 def frames(*events: tuple[str, dict[str, Any]], named: bool = True) -> bytes:
@@ -84,26 +69,11 @@ def text_of(events: Iterable[Event]) -> str:
     return "".join(e.text for e in events if isinstance(e, Token))
 
 
-def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = sorted({min(c, len(data)) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
-
-
-async def collect(adapter: OpenAIAdapter, req: TaskRequest) -> list[Event]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
-
-
 # --- the mapper, sans-IO ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.req("OC-ADAPT-OAI-6031")
 def test_text_deltas_become_consecutive_tokens_and_usage_becomes_counts(
     shape: ResponsesShape,
 ) -> None:
@@ -122,6 +92,7 @@ def test_text_deltas_become_consecutive_tokens_and_usage_becomes_counts(
     reasoning=st.lists(st.text(min_size=1, max_size=6), max_size=3),
     cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=40),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 def test_every_byte_split_of_a_responses_stream_gives_the_same_events(
     shape: ResponsesShape, words: list[str], reasoning: list[str], cuts: list[int]
 ) -> None:
@@ -132,7 +103,7 @@ def test_every_byte_split_of_a_responses_stream_gives_the_same_events(
         )
     )
     whole, whole_mapper = run_mapper([body])
-    split, split_mapper = run_mapper(split_at(body, [c % (len(body) + 1) for c in cuts]))
+    split, split_mapper = run_mapper(split_at(body, cuts))
     assert split == whole
     assert text_of(split) == "".join(words)
     assert [e.text for e in split if isinstance(e, ReasoningDelta)] == reasoning
@@ -159,6 +130,7 @@ def test_bytes_fed_one_at_a_time_give_the_same_events() -> None:
         ("litellm", "content_filter", None, "content_filter"),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_each_terminal_event_sets_the_end_reason(
     shape: ResponsesShape, finish: Any, max_tokens: int | None, reason: str
 ) -> None:
@@ -318,6 +290,7 @@ def test_malformed_json_is_a_protocol_error() -> None:
     ],
     ids=["error-event", "error-event-nested", "response.failed"],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6030")
 def test_an_error_mid_stream_is_an_upstream_error_with_its_code_and_message(
     terminal: tuple[str, dict[str, Any]],
 ) -> None:
@@ -402,6 +375,7 @@ def test_a_surrogate_pair_split_across_two_deltas_is_joined() -> None:
 
 
 @pytest.mark.parametrize("flavor", ["openai", "vllm", "llama.cpp", "litellm"])
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_responses_stream_end_to_end_in_each_upstream_shape(
     nursery: trio.Nursery, flavor: Any
 ) -> None:
@@ -445,6 +419,7 @@ async def test_responses_limit_given_in_extra_is_honoured_for_completed_at_the_l
     assert (end.reason, end.tokens_out) == ("length", 2)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_responses_request_body_carries_input_limits_and_extra(
     upstream: FakeUpstream,
 ) -> None:
@@ -493,7 +468,7 @@ async def test_responses_refuses_stop_and_seed(upstream: FakeUpstream, field: An
 
 
 async def test_responses_error_event_mid_stream_ends_with_upstream_error(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     body = frames(
         ("response.created", {"response": {"status": "in_progress"}}),

@@ -40,6 +40,8 @@ from oai_adapter._events import Event
 from oai_adapter._retry import MAX_RETRY_AFTER_MS, retry_after_ms
 from oai_adapter.testing import FakeUpstream, Fault, Reply, check_stream
 
+from .expected_errors import NOT_RETRIED_STATUSES, RETRIED_STATUSES, expected_kind
+
 DEADLINE = 600  # trio seconds, free under loopback_clock
 POLICY = RetryPolicy(max_attempts=4, base=0.1, cap=0.3)
 
@@ -108,23 +110,15 @@ def end_error(events: list[Event]) -> tuple[End, Any]:
     return end, end.error
 
 
-RETRYABLE_STATUSES = [
-    (408, ErrorKind.POOL_UNAVAILABLE),
-    (429, ErrorKind.ADMISSION_REJECT),
-    (502, ErrorKind.POOL_UNAVAILABLE),
-    (503, ErrorKind.POOL_UNAVAILABLE),
-    (504, ErrorKind.POOL_UNAVAILABLE),
-]
-
-
-@pytest.mark.parametrize(("status", "kind"), RETRYABLE_STATUSES)
+@pytest.mark.parametrize("status", RETRIED_STATUSES)
+@pytest.mark.req("OC-ADAPT-OAI-6002", "OC-ADAPT-OAI-6030")
 async def test_retryable_status_is_retried_with_capped_full_jitter(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     status: int,
-    kind: ErrorKind,
 ) -> None:
+    kind = expected_kind(status)
     upstream.script(Fault.status(status), Fault.status(status), Fault.status(status))
     events, rng = await run_one(upstream)
     assert isinstance(rng, CeilingRng)
@@ -192,6 +186,7 @@ def _http_date(seconds_from_now: float) -> str:
         ({"retry_after": "Fri, 31 Dec 9999 23:59:59 GMT"}, 0.3),
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_retry_after_is_honoured_and_clipped_to_cap(
     upstream: FakeUpstream, loopback_clock: MockClock, headers: dict[str, str], delay: float
 ) -> None:
@@ -214,6 +209,7 @@ async def test_retry_after_of_the_last_attempt_is_reported(
 
 
 @pytest.mark.parametrize("max_attempts", [1, 2, 5])
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_max_attempts_counts_every_attempt(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
@@ -230,29 +226,14 @@ async def test_max_attempts_counts_every_attempt(
     assert len(warnings_logged) == max_attempts - 1
 
 
-NON_RETRYABLE_STATUSES = [
-    (400, ErrorKind.INVALID_PARAMS),
-    (401, ErrorKind.UPSTREAM_AUTH),
-    (403, ErrorKind.UPSTREAM_AUTH),
-    (404, ErrorKind.UPSTREAM_NOT_FOUND),
-    (409, ErrorKind.INVALID_PARAMS),
-    (413, ErrorKind.INVALID_PARAMS),
-    (422, ErrorKind.INVALID_PARAMS),
-    (500, ErrorKind.UPSTREAM_ERROR),
-    (501, ErrorKind.UPSTREAM_ERROR),
-    (505, ErrorKind.UPSTREAM_ERROR),
-    (302, ErrorKind.POLICY),
-]
-
-
-@pytest.mark.parametrize(("status", "kind"), NON_RETRYABLE_STATUSES)
+@pytest.mark.parametrize("status", NOT_RETRIED_STATUSES)
 async def test_non_retryable_status_is_not_retried(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
     warnings_logged: list[dict[str, Any]],
     status: int,
-    kind: ErrorKind,
 ) -> None:
+    kind = expected_kind(status)
     # even when the upstream asks for a retry
     upstream.script(Fault.status(status, retry_after="1"), Fault.ok())
     events, _ = await run_one(upstream)
@@ -287,6 +268,7 @@ MID_STREAM_FAULTS = [
 
 
 @pytest.mark.parametrize(("fault", "kind"), MID_STREAM_FAULTS)
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_no_retry_once_started_whatever_fails(
     upstream: FakeUpstream,
     loopback_clock: MockClock,
@@ -392,6 +374,7 @@ async def test_connect_refused_is_retried_then_pool_unavailable(
 # --- probes: idempotent GETs, retried on the same rows -----------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_health_of_a_loading_upstream_retries_then_reports_not_ready(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -449,6 +432,7 @@ async def test_probe_is_not_retried_on_a_non_retryable_status(
         ),
     )
 )
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 def test_retry_after_ms_never_raises_and_is_bounded(headers: dict[str, str]) -> None:
     delay = retry_after_ms(headers)
     assert delay is None or (isinstance(delay, int) and 0 <= delay <= MAX_RETRY_AFTER_MS)

@@ -19,10 +19,11 @@ import trio
 from loguru import logger
 
 import oai_adapter
-from oai_adapter import End, ErrorKind, Event, OpenAIAdapter, Secret, TaskRequest, WorkerError
+from oai_adapter import End, ErrorKind, OpenAIAdapter, Secret, WorkerError
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
-from .conftest import IO_DEADLINE, make_config
+from .conftest import make_config
+from .helpers import collect
 
 #: The key the upstream accepts: OpenAI-shaped, so the patterns would catch it too.
 GOOD_KEY = "sk-proj-T3stK3yAbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
@@ -52,15 +53,7 @@ def assert_no_key(*texts: str | bytes) -> None:
             assert key[8:24] not in raw  # no recognisable piece either
 
 
-async def collect(adapter: OpenAIAdapter, task_id: str) -> list[Event]:
-    events: list[Event] = []
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(TaskRequest(task_id=task_id, prompt="hi")) as stream:
-            async for ev in stream:
-                events.append(ev)
-    return events
-
-
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 async def test_the_key_is_nowhere_in_logs_errors_events_or_pickles(
     records: list[str], caplog: pytest.LogCaptureFixture, nursery: trio.Nursery
 ) -> None:
@@ -155,10 +148,12 @@ def _calls(name: str) -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_the_key_is_revealed_in_one_place_where_the_authorization_header_is_built() -> None:
     assert _calls("reveal") == [("_http.py", "_auth_header")]
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_library_modules_log_only_through_the_patched_logger() -> None:
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "_log.py":

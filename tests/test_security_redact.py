@@ -219,6 +219,7 @@ def test_upstream_401_that_echoes_the_key_gives_an_error_without_it() -> None:
     assert secret.fingerprint in err.message
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_a_key_cut_by_the_message_limit_is_redacted_before_the_cut() -> None:
     # Regression: clipping first left the key's first ~20 characters, which redaction of the
     # whole key could no longer find.

@@ -65,6 +65,7 @@ def test_fingerprint_is_four_stars_and_first_six_hex_of_sha256() -> None:
         "msgspec_msgpack_enc_hook",
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_every_rendering_of_a_secret_is_its_fingerprint(render: Any) -> None:
     out = render(Secret(KEY))
     assert KEY not in out
@@ -101,6 +102,7 @@ def test_loguru_formats_a_secret_in_message_args_and_extra_as_its_fingerprint() 
     assert lines[0].count(FP) == 2
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_pickling_drops_the_key_and_keeps_the_fingerprint() -> None:
     raw = pickle.dumps(Secret(KEY))
     assert KEY.encode() not in raw

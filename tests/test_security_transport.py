@@ -14,22 +14,14 @@ import trio
 import trustme
 from loguru import logger
 
-from oai_adapter import End, ErrorKind, Event, OpenAIAdapter, TaskRequest, Token, WorkerError
+from oai_adapter import End, ErrorKind, Event, OpenAIAdapter, Token, WorkerError
 from oai_adapter._http import Upstream
 from oai_adapter.testing import FakeUpstream, Reply
 
 from .conftest import IO_DEADLINE, make_config
+from .helpers import collect
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-async def run(adapter: OpenAIAdapter, task_id: str = "t-1") -> list[Event]:
-    events: list[Event] = []
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(TaskRequest(task_id=task_id, prompt="hi")) as stream:
-            async for ev in stream:
-                events.append(ev)
-    return events
 
 
 def end_of(events: list[Event]) -> End:
@@ -74,21 +66,23 @@ def hostile_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> int:
 # --- TLS -------------------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_tls_with_the_private_ca_in_ca_bundle_streams(
     tls_upstream: FakeUpstream, ca_file: str
 ) -> None:
     assert tls_upstream.base_url.startswith("https://localhost:")
     async with OpenAIAdapter(make_config(tls_upstream, ca_bundle=ca_file)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     assert end_of(events).reason == "stop"
     assert text_of(events) == "".join(tls_upstream.tokens)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_tls_without_the_ca_ends_as_policy_saying_the_certificate_was_not_trusted(
     tls_upstream: FakeUpstream,
 ) -> None:
     async with OpenAIAdapter(make_config(tls_upstream)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     end = end_of(events)
     assert len(events) == 1
     assert end.reason == "error"
@@ -99,6 +93,7 @@ async def test_tls_without_the_ca_ends_as_policy_saying_the_certificate_was_not_
     assert tls_upstream.completion_requests() == []  # nothing was sent over the bad channel
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_ssl_cert_file_and_dir_naming_the_ca_do_not_make_it_trusted(
     tls_upstream: FakeUpstream, ca_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,7 +102,7 @@ async def test_ssl_cert_file_and_dir_naming_the_ca_do_not_make_it_trusted(
     monkeypatch.setenv("SSL_CERT_FILE", ca_file)
     monkeypatch.setenv("SSL_CERT_DIR", str(Path(ca_file).parent))
     async with OpenAIAdapter(make_config(tls_upstream)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.POLICY
@@ -120,7 +115,7 @@ async def test_sslkeylogfile_is_not_written(
     keylog = tmp_path / "keys.log"
     monkeypatch.setenv("SSLKEYLOGFILE", str(keylog))
     async with OpenAIAdapter(make_config(tls_upstream, ca_bundle=ca_file)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     assert end_of(events).reason == "stop"
     assert not keylog.exists()
 
@@ -133,13 +128,14 @@ async def test_a_certificate_for_another_host_is_refused(
     server = FakeUpstream(ssl_context=server_ctx)
     await nursery.start(server.serve)
     async with OpenAIAdapter(make_config(server, ca_bundle=ca_file)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.POLICY
     assert "not trusted" in end.error.message
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 def test_there_is_no_switch_to_turn_verification_off(tmp_path: Path) -> None:
     from oai_adapter import AdapterConfig
     from oai_adapter._tls import build_ssl_context
@@ -155,11 +151,12 @@ def test_there_is_no_switch_to_turn_verification_off(tmp_path: Path) -> None:
 # --- the environment -------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_proxy_certificate_and_netrc_environment_has_no_effect(
     hostile_env: int, upstream: FakeUpstream
 ) -> None:
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
         health = await adapter.health()
     assert end_of(events).reason == "stop"
     assert health.ready
@@ -172,7 +169,7 @@ async def test_hostile_environment_does_not_affect_tls_either(
     hostile_env: int, tls_upstream: FakeUpstream, ca_file: str
 ) -> None:
     async with OpenAIAdapter(make_config(tls_upstream, ca_bundle=ca_file)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     assert end_of(events).reason == "stop"
 
 
@@ -234,17 +231,19 @@ async def proxy(nursery: trio.Nursery) -> Proxy:
     return server
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_explicit_proxy_is_used_for_plain_http(
     proxy: Proxy, upstream: FakeUpstream, hostile_env: int
 ) -> None:
     config = make_config(upstream, proxy=f"http://127.0.0.1:{proxy.port}")
     async with OpenAIAdapter(config) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     assert end_of(events).reason == "stop"
     assert len(proxy.heads) == 1
     assert proxy.heads[0].startswith(f"POST {upstream.base_url}/chat/completions ".encode())
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_explicit_proxy_tunnels_tls_and_sends_its_credentials(
     proxy: Proxy, tls_upstream: FakeUpstream, ca_file: str, hostile_env: int
 ) -> None:
@@ -254,7 +253,7 @@ async def test_explicit_proxy_tunnels_tls_and_sends_its_credentials(
         proxy=f"http://proxyuser:Pr0xyPa55@127.0.0.1:{proxy.port}",
     )
     async with OpenAIAdapter(config) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     assert end_of(events).reason == "stop"
     assert len(proxy.heads) == 1
     head = proxy.heads[0].decode()
@@ -266,6 +265,7 @@ async def test_explicit_proxy_tunnels_tls_and_sends_its_credentials(
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.req("OC-ADAPT-OAI-6021")
 async def test_a_redirect_is_never_followed_and_ends_as_policy(
     status: int, upstream: FakeUpstream, nursery: trio.Nursery
 ) -> None:
@@ -277,7 +277,7 @@ async def test_a_redirect_is_never_followed_and_ends_as_policy(
         Reply.status_only(status, location=f"{elsewhere.base_url}/chat/completions"),
     )
     async with OpenAIAdapter(make_config(upstream)) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.POLICY
@@ -308,6 +308,7 @@ class Listener:
         await stream.aclose()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6003", "OC-ADAPT-OAI-6021")
 async def test_a_host_outside_allowed_hosts_is_refused_before_any_byte_is_sent(
     upstream: FakeUpstream, nursery: trio.Nursery
 ) -> None:
@@ -353,7 +354,7 @@ async def test_allowed_hosts_can_name_more_hosts_and_the_base_url_host_is_used(
     config = make_config(upstream, allowed_hosts={"127.0.0.1", "backup.internal"})
     assert config.allowed_hosts == frozenset({"127.0.0.1", "backup.internal"})
     async with OpenAIAdapter(config) as adapter:
-        events = await run(adapter)
+        events = await collect(adapter)
     assert end_of(events).reason == "stop"
 
 

@@ -1,4 +1,7 @@
-"""`submit` against a real upstream on loopback: order, shapes, statuses, concurrency."""
+"""`submit` against a real upstream on loopback: order, shapes, retries, concurrency.
+
+Each status's kind, the `model_not_found` code and a 2xx that is not an event stream are
+in `test_errors.py` (for every api), not here."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from oai_adapter import (
     Started,
     TaskRequest,
     Token,
-    WorkerError,
 )
 from oai_adapter.testing import FakeUpstream, Reply, Reset, Send, chat_chunk, render_stream, sse
 
@@ -21,6 +23,7 @@ from .conftest import IO_DEADLINE, make_config
 from .helpers import check_grammar, collect, text_of
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_chat_stream_events_are_ordered_and_indexed(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -45,6 +48,7 @@ async def test_chat_stream_events_are_ordered_and_indexed(
     assert metrics.retries == 0
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_chat_request_body_and_headers(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -92,6 +96,7 @@ async def test_correlation_id_is_generated_when_absent(
     assert all(len(i) == 32 for i in ids)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_completions_api_streams_text_chunks(upstream: FakeUpstream) -> None:
     async with OpenAIAdapter(make_config(upstream, api="completions")) as adapter:
         with trio.fail_after(IO_DEADLINE):
@@ -114,6 +119,7 @@ async def test_completions_api_refuses_messages(upstream: FakeUpstream) -> None:
     assert upstream.completion_requests() == []
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_crlf_line_ends_and_comments_from_the_wire(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -172,64 +178,6 @@ async def test_connection_reset_mid_stream_is_a_worker_reset(
     assert len(upstream.completion_requests()) == 1
 
 
-STATUS_KINDS = [
-    (400, ErrorKind.INVALID_PARAMS, False),
-    (401, ErrorKind.UPSTREAM_AUTH, False),
-    (403, ErrorKind.UPSTREAM_AUTH, False),
-    (404, ErrorKind.UPSTREAM_NOT_FOUND, False),
-    (408, ErrorKind.POOL_UNAVAILABLE, True),
-    (409, ErrorKind.INVALID_PARAMS, False),
-    (413, ErrorKind.INVALID_PARAMS, False),
-    (422, ErrorKind.INVALID_PARAMS, False),
-    (429, ErrorKind.ADMISSION_REJECT, True),
-    (500, ErrorKind.UPSTREAM_ERROR, False),
-    (501, ErrorKind.UPSTREAM_ERROR, False),
-    (502, ErrorKind.POOL_UNAVAILABLE, True),
-    (503, ErrorKind.POOL_UNAVAILABLE, True),
-    (504, ErrorKind.POOL_UNAVAILABLE, True),
-    (505, ErrorKind.UPSTREAM_ERROR, False),
-    (599, ErrorKind.UPSTREAM_ERROR, False),
-    (302, ErrorKind.POLICY, False),
-]
-
-
-@pytest.mark.parametrize(("status", "kind", "retryable"), STATUS_KINDS)
-async def test_each_status_maps_to_its_error_kind(
-    adapter: OpenAIAdapter, upstream: FakeUpstream, status: int, kind: ErrorKind, retryable: bool
-) -> None:
-    body = {"error": {"message": f"status {status}", "type": "x"}}
-    attempts = adapter.config.retry.max_attempts if retryable else 1
-    upstream.script(*[Reply.status_only(status, body)] * attempts)
-    with trio.fail_after(IO_DEADLINE):
-        events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
-    assert len(events) == 1
-    end = events[0]
-    assert isinstance(end, End)
-    assert end.reason == "error"
-    assert end.tokens_out == 0
-    assert end.error is not None
-    assert (end.error.kind, end.error.status, end.error.retryable) == (kind, status, retryable)
-    assert len(upstream.completion_requests()) == attempts
-    with pytest.raises(WorkerError) as caught:
-        end.raise_for_error()
-    assert caught.value.kind is kind
-
-
-async def test_model_not_found_code_maps_to_not_found_whatever_the_status(
-    adapter: OpenAIAdapter, upstream: FakeUpstream
-) -> None:
-    upstream.script(
-        Reply.status_only(400, {"error": {"message": "no such model", "code": "model_not_found"}})
-    )
-    with trio.fail_after(IO_DEADLINE):
-        events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
-    end = events[-1]
-    assert isinstance(end, End)
-    assert end.error is not None
-    assert end.error.kind is ErrorKind.UPSTREAM_NOT_FOUND
-    assert end.error.message == "no such model"
-
-
 async def test_retryable_status_then_success_reports_the_attempt(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -248,21 +196,7 @@ async def test_retryable_status_then_success_reports_the_attempt(
     assert text_of(events) == "".join(upstream.tokens)
 
 
-async def test_non_event_stream_2xx_is_a_protocol_error(
-    adapter: OpenAIAdapter, upstream: FakeUpstream
-) -> None:
-    upstream.script(
-        Reply(status=200, body=b'{"choices": []}', steps=(), content_type="application/json")
-    )
-    with trio.fail_after(IO_DEADLINE):
-        events = await collect(adapter, TaskRequest(task_id="t", prompt="x"))
-    end = events[-1]
-    assert isinstance(end, End)
-    assert end.error is not None
-    assert end.error.kind is ErrorKind.PROTOCOL
-    assert len(events) == 1
-
-
+@pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_duplicate_running_task_id_is_refused(
     adapter: OpenAIAdapter, upstream: FakeUpstream
 ) -> None:
@@ -277,6 +211,7 @@ async def test_duplicate_running_task_id_is_refused(
         check_grammar(await collect(adapter, TaskRequest(task_id="dup", prompt="z")))
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 async def test_fifty_concurrent_streams_are_each_ordered_and_complete(
     upstream: FakeUpstream,
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -30,7 +31,7 @@ from oai_adapter import (
     Timeouts,
     Token,
 )
-from oai_adapter._task import CLEANUP_GRACE
+from oai_adapter._http import CLOSE_GRACE
 from oai_adapter.testing import FakeUpstream, Fault, chat_chunk, check_stream, sse
 
 DEADLINE = 600  # trio seconds; the virtual clock makes them free
@@ -45,12 +46,15 @@ def config(base_url: str, model: str = "test-model", **timeouts: float) -> Adapt
     )
 
 
-async def timed(adapter: OpenAIAdapter, task_id: str = "t") -> list[tuple[float, Event]]:
+async def timed(cfg: AdapterConfig, **adapter_kw: Any) -> list[tuple[float, Event]]:
+    """One task on a fresh adapter, under `DEADLINE`: each event with its time since `submit`."""
     out: list[tuple[float, Event]] = []
-    t0 = trio.current_time()
-    async with adapter.submit(TaskRequest(task_id=task_id, prompt="hi")) as events:
-        async for ev in events:
-            out.append((trio.current_time() - t0, ev))
+    with trio.fail_after(DEADLINE):
+        async with OpenAIAdapter(cfg, **adapter_kw) as adapter:
+            t0 = trio.current_time()
+            async with adapter.submit(TaskRequest(task_id="t", prompt="hi")) as events:
+                async for ev in events:
+                    out.append((trio.current_time() - t0, ev))
     check_stream([ev for _, ev in out])
     return out
 
@@ -68,13 +72,12 @@ def token_times(events: list[tuple[float, Event]]) -> list[float]:
 # --- first_token ------------------------------------------------------------------------------
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_first_token_fires_on_a_stall_before_the_headers(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.stall_before_headers())
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=2.0, idle=5.0)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=2.0, idle=5.0))
     at, end = end_of(events)
     assert len(events) == 1  # never started
     assert end.error is not None
@@ -90,9 +93,7 @@ async def test_first_token_fires_on_a_stall_after_the_headers(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.stall_after_headers())
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=3.0, idle=10.0)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=3.0, idle=10.0))
     at, end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.DECODE_TIMEOUT
@@ -107,9 +108,7 @@ async def test_first_token_fires_after_started_when_no_token_follows(
 ) -> None:
     # chat's role-only delta is an event (Started is emitted) but not a Token
     upstream.script(Fault.stall_after(0))
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=3.0, idle=10.0)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=3.0, idle=10.0))
     at, end = end_of(events)
     assert [type(ev).__name__ for _, ev in events] == ["Started", "Metrics", "End"]
     assert end.error is not None
@@ -122,9 +121,7 @@ async def test_keepalive_comments_do_not_hold_off_first_token(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.keepalive_drip(0.25))
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=2.0, idle=30.0)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=2.0, idle=30.0))
     at, end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.DECODE_TIMEOUT
@@ -138,9 +135,7 @@ async def test_idle_fires_when_the_stream_stalls_mid_way(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.stall_after(3))
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=10.0, idle=1.5)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=10.0, idle=1.5))
     at, end = end_of(events)
     assert len(token_times(events)) == 3
     assert end.error is not None
@@ -151,14 +146,13 @@ async def test_idle_fires_when_the_stream_stalls_mid_way(
     assert len(upstream.completion_requests()) == 1  # never a retry after Started
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_keepalive_comments_do_not_defeat_idle(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # a comment every 0.2 s keeps the socket busy, but no event comes: idle must still fire
     upstream.script(Fault.keepalive_drip(0.2, after_tokens=2))
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=10.0, idle=1.0)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=10.0, idle=1.0))
     at, end = end_of(events)
     assert len(token_times(events)) == 2
     assert end.error is not None
@@ -172,25 +166,20 @@ async def test_keepalive_bytes_outside_sse_comments_do_not_defeat_idle(
 ) -> None:
     # bare blank lines (some proxies' keep-alive) parse to no event either
     upstream.script(Fault.keepalive_drip(0.2, after_tokens=1, comment=b"\n"))
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=10.0, idle=1.0)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=10.0, idle=1.0))
     _, end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.DECODE_TIMEOUT
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_no_timeout_fires_early_on_a_slow_but_live_stream(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     # each gap just under idle, the first token just under first_token, the whole stream
     # longer than both: a normal end
     upstream.script(Fault.ok(pace=0.9))
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(
-            config(upstream.base_url, first_token=1.0, idle=1.0, total=60.0)
-        ) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=1.0, idle=1.0, total=60.0))
     at, end = end_of(events)
     assert end.reason == "stop"
     assert len(token_times(events)) == len(upstream.tokens)
@@ -201,14 +190,13 @@ async def test_keepalive_gap_shorter_than_idle_does_not_fire(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.keepalive_drip(0.5, count=5, after_tokens=2))  # a 2.5 s gap
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config(upstream.base_url, first_token=5.0, idle=3.0)) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=5.0, idle=3.0))
     _, end = end_of(events)
     assert end.reason == "stop"
     assert len(token_times(events)) == len(upstream.tokens)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_a_slow_consumer_gets_backpressure_not_an_idle_timeout(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -233,11 +221,7 @@ async def test_total_fires_on_a_stream_that_is_live_but_too_long(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Fault.ok(pace=0.5))
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(
-            config(upstream.base_url, first_token=1.0, idle=1.0, total=4.0)
-        ) as a:
-            events = await timed(a)
+    events = await timed(config(upstream.base_url, first_token=1.0, idle=1.0, total=4.0))
     at, end = end_of(events)
     assert isinstance(events[-2][1], Metrics)
     assert end.error is not None
@@ -248,6 +232,7 @@ async def test_total_fires_on_a_stream_that_is_live_but_too_long(
     assert at == pytest.approx(4.0)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_total_fires_during_a_retry_backoff(
     upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
@@ -258,9 +243,7 @@ async def test_total_fires_during_a_retry_backoff(
         timeouts=Timeouts(total=2.0),
         retry=RetryPolicy(max_attempts=3, base=0.1, cap=10.0),
     )
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(cfg) as a:
-            events = await timed(a)
+    events = await timed(cfg)
     at, end = end_of(events)
     assert len(events) == 1
     assert end.error is not None
@@ -282,9 +265,7 @@ async def test_total_bounds_the_retries_together(
         timeouts=Timeouts(total=2.0, first_token=10.0),
         retry=RetryPolicy(max_attempts=10, base=0.1, cap=0.1),
     )
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(cfg) as a:
-            events = await timed(a)
+    events = await timed(cfg)
     at, end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.DEADLINE_UNMET
@@ -310,6 +291,7 @@ def blackhole() -> Iterator[int]:
         server.close()
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_connect_timeout_is_pool_unavailable_and_retried(
     blackhole: int, loopback_clock: MockClock
 ) -> None:
@@ -319,9 +301,7 @@ async def test_connect_timeout_is_pool_unavailable_and_retried(
         timeouts=Timeouts(connect=1.5, first_token=30.0),
         retry=RetryPolicy(max_attempts=2, base=0.1, cap=0.1),
     )
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(cfg) as a:
-            events = await timed(a)
+    events = await timed(cfg)
     at, end = end_of(events)
     assert len(events) == 1
     assert end.error is not None
@@ -366,19 +346,18 @@ class _HangingTransport(httpx2.AsyncBaseTransport):
         return httpx2.Response(200, headers={"content-type": self.content_type}, stream=body)
 
 
+@pytest.mark.req("OC-ADAPT-OAI-6002")
 async def test_a_close_that_hangs_is_abandoned_after_the_grace(
     loopback_clock: MockClock,
 ) -> None:
     # the body is never read (not an event stream), so the reader's own cleanup closes it
     transport = _HangingTransport(content_type="application/json")
-    with trio.fail_after(DEADLINE):
-        async with OpenAIAdapter(config("http://upstream.test/v1"), transport=transport) as a:
-            events = await timed(a)
+    events = await timed(config("http://upstream.test/v1"), transport=transport)
     at, end = end_of(events)
     assert transport.bodies[0].close_started.is_set()
     assert end.error is not None
     assert end.error.kind is ErrorKind.PROTOCOL
-    assert at == pytest.approx(CLEANUP_GRACE)
+    assert at == pytest.approx(CLOSE_GRACE)
 
 
 async def test_a_cancel_with_a_close_that_hangs_ends_within_the_grace(
@@ -398,7 +377,7 @@ async def test_a_cancel_with_a_close_that_hangs_ends_within_the_grace(
     end = check_stream([first, *rest])
     assert end.reason == "cancelled"
     assert transport.bodies[0].close_started.is_set()
-    assert t1 - t0 == pytest.approx(CLEANUP_GRACE)
+    assert t1 - t0 == pytest.approx(CLOSE_GRACE)
 
 
 async def test_leaving_the_block_with_a_close_that_hangs_is_bounded(
@@ -414,4 +393,4 @@ async def test_leaving_the_block_with_a_close_that_hangs_is_bounded(
             t1 = trio.current_time()
             assert a.running() == frozenset()
     assert transport.bodies[0].close_started.is_set()
-    assert t1 - t0 == pytest.approx(CLEANUP_GRACE)
+    assert t1 - t0 == pytest.approx(CLOSE_GRACE)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import tracemalloc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -16,6 +16,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from oai_adapter import (
     End,
@@ -29,14 +30,13 @@ from oai_adapter import (
     Token,
     ToolCallDelta,
 )
-from oai_adapter._mappers import ChatMapper, Mapper
+from oai_adapter._mappers import ChatMapper, Mapper, ProtocolError
 from oai_adapter._responses import ResponsesMapper
-from oai_adapter._sse import SSEDecoder
+from oai_adapter._tools import MAX_CALLS
 from oai_adapter.testing import (
     FakeUpstream,
     Reply,
     ScriptedToolCall,
-    Send,
     Sleep,
     Step,
     chat_chunk,
@@ -47,35 +47,10 @@ from oai_adapter.testing import (
 )
 
 from .conftest import IO_DEADLINE, make_config
+from .helpers import collect
+from .sansio import body_of, map_stream, split_at
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def body_of(steps: Iterable[Step]) -> bytes:
-    return b"".join(step.data for step in steps if isinstance(step, Send))
-
-
-def run_mapper(mapper: Mapper, chunks: Iterable[bytes]) -> list[Event]:
-    decoder = SSEDecoder()
-    out: list[Event] = []
-    for chunk in chunks:
-        for name, data in decoder.feed(chunk):
-            if not mapper.done:
-                mapper.feed(name, data, out)
-    for name, data in decoder.close():
-        if not mapper.done:
-            mapper.feed(name, data, out)
-    return out
-
-
-def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
 
 
 def arguments_by_call(events: Iterable[Event]) -> dict[int, str]:
@@ -99,27 +74,11 @@ def with_pauses(steps: list[Step], seconds: float) -> list[Step]:
     return out
 
 
-async def collect(adapter: OpenAIAdapter, req: TaskRequest) -> list[Event]:
-    with trio.fail_after(IO_DEADLINE):
-        async with adapter.submit(req) as events:
-            return [ev async for ev in events]
-
-
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=8,
 )
-
-
-def fragments(text: str, cuts: list[int]) -> list[str]:
-    points = sorted({c % (len(text) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(text[last:p])
-        last = p
-    pieces.append(text[last:])
-    return [p for p in pieces if p]
 
 
 # --- argument deltas join to valid JSON, whatever the splits ---------------------------------
@@ -132,11 +91,12 @@ def fragments(text: str, cuts: list[int]) -> list[str]:
     text_cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=8),
     byte_cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
 )
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 def test_tool_call_argument_deltas_join_to_valid_json_for_any_split(
     api: str, args: dict[str, Any], text_cuts: list[int], byte_cuts: list[int]
 ) -> None:
     encoded = json.dumps(args, ensure_ascii=False)
-    call = ScriptedToolCall("lookup", fragments(encoded, text_cuts), call_id="call_1")
+    call = ScriptedToolCall("lookup", split_at(encoded, text_cuts), call_id="call_1")
     mapper: Mapper
     if api == "chat":
         body = body_of(render_chat_deltas(tool_calls=[call]))
@@ -144,7 +104,7 @@ def test_tool_call_argument_deltas_join_to_valid_json_for_any_split(
     else:
         body = body_of(render_responses_stream(tool_calls=[call]))
         mapper = ResponsesMapper("t")
-    events = run_mapper(mapper, split_at(body, byte_cuts))
+    events = map_stream(mapper, split_at(body, byte_cuts))
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     assert deltas
     assert {(d.index, d.call_id, d.name) for d in deltas} == {(0, "call_1", "lookup")}
@@ -182,7 +142,7 @@ def test_chat_parallel_calls_keep_their_index_and_repeat_id_and_name() -> None:
         ]
     )
     mapper = ChatMapper("t")
-    events = run_mapper(mapper, [body])
+    events = map_stream(mapper, [body])
     assert events == [
         ToolCallDelta(task_id="t", index=0, call_id="c0", name="a", arguments=""),
         ToolCallDelta(task_id="t", index=1, call_id="c1", name="b", arguments=""),
@@ -205,7 +165,7 @@ def test_chat_calls_sent_all_under_index_zero_with_new_ids_get_their_own_index()
         )
         for cid, arg in (("c0", '{"n": 0}'), ("c1", '{"n": 1}'))
     ) + chat_delta({}, finish="tool_calls")
-    events = run_mapper(ChatMapper("t"), [body])
+    events = map_stream(ChatMapper("t"), [body])
     assert [(e.index, e.call_id) for e in events if isinstance(e, ToolCallDelta)] == [
         (0, "c0"),
         (1, "c1"),
@@ -219,7 +179,7 @@ def test_chat_legacy_function_call_delta_is_a_tool_call() -> None:
         + chat_delta({}, finish="function_call")
     )
     mapper = ChatMapper("t")
-    events = run_mapper(mapper, [body])
+    events = map_stream(mapper, [body])
     assert events == [
         ToolCallDelta(task_id="t", index=0, name="f", arguments=""),
         ToolCallDelta(task_id="t", index=0, name="f", arguments='{"a": 1}'),
@@ -228,13 +188,14 @@ def test_chat_legacy_function_call_delta_is_a_tool_call() -> None:
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+@pytest.mark.req("OC-ADAPT-OAI-6011")
 def test_chat_reasoning_then_text_keeps_its_order_and_token_indexes(field: str) -> None:
     steps = render_chat_deltas(["The", " answer"], reasoning=["Let me", " think"], usage=(3, 4))
     body = body_of(steps)
     if field == "reasoning":
         body = body.replace(b'"reasoning_content"', b'"reasoning"')
     mapper = ChatMapper("t")
-    events = run_mapper(mapper, [body])
+    events = map_stream(mapper, [body])
     assert events == [
         ReasoningDelta(task_id="t", text="Let me"),
         ReasoningDelta(task_id="t", text=" think"),
@@ -247,7 +208,7 @@ def test_chat_reasoning_then_text_keeps_its_order_and_token_indexes(field: str) 
 
 def test_chat_reasoning_and_text_in_one_delta_put_reasoning_first() -> None:
     body = chat_delta({"reasoning_content": "hm", "content": "ok"}, finish="stop")
-    assert run_mapper(ChatMapper("t"), [body]) == [
+    assert map_stream(ChatMapper("t"), [body]) == [
         ReasoningDelta(task_id="t", text="hm"),
         Token(task_id="t", index=0, text="ok"),
     ]
@@ -255,7 +216,7 @@ def test_chat_reasoning_and_text_in_one_delta_put_reasoning_first() -> None:
 
 def test_chat_reasoning_object_is_not_text() -> None:
     body = chat_delta({"reasoning": {"effort": "low"}, "content": "ok"}, finish="stop")
-    assert run_mapper(ChatMapper("t"), [body]) == [Token(task_id="t", index=0, text="ok")]
+    assert map_stream(ChatMapper("t"), [body]) == [Token(task_id="t", index=0, text="ok")]
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -278,7 +239,7 @@ def test_responses_arguments_done_fills_in_what_the_deltas_missed() -> None:
         ("response.completed", {"response": {"status": "completed"}}),
     )
     mapper = ResponsesMapper("t")
-    events = run_mapper(mapper, [body])
+    events = map_stream(mapper, [body])
     assert arguments_by_call(events) == {0: '{"a": 1}', 1: "{}"}
     assert [e.call_id for e in events if isinstance(e, ToolCallDelta)] == [
         "call_1",
@@ -295,7 +256,7 @@ def test_responses_reasoning_summary_is_a_reasoning_delta_marked_summary() -> No
         ("response.output_text.delta", {"item_id": "m", "delta": "Done"}),
         ("response.completed", {"response": {}}),
     )
-    assert run_mapper(ResponsesMapper("t"), [body]) == [
+    assert map_stream(ResponsesMapper("t"), [body]) == [
         ReasoningDelta(task_id="t", text="Planned.", summary=True),
         Token(task_id="t", index=0, text="Done"),
     ]
@@ -304,7 +265,7 @@ def test_responses_reasoning_summary_is_a_reasoning_delta_marked_summary() -> No
 def test_responses_reasoning_then_text_keeps_its_order() -> None:
     body = body_of(render_responses_stream(["A", "B"], reasoning=["x", "y"], shape="llama.cpp"))
     mapper = ResponsesMapper("t")
-    assert run_mapper(mapper, [body]) == [
+    assert map_stream(mapper, [body]) == [
         ReasoningDelta(task_id="t", text="x"),
         ReasoningDelta(task_id="t", text="y"),
         Token(task_id="t", index=0, text="A"),
@@ -328,6 +289,7 @@ def test_new_events_encode_with_their_tags_and_decode_as_events() -> None:
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.req("OC-ADAPT-OAI-6001")
 async def test_reasoning_then_text_then_call_end_to_end(upstream: FakeUpstream, api: Any) -> None:
     call = ScriptedToolCall("get_weather", ['{"city": ', '"Paris"}'], call_id="call_7")
     render = render_chat_deltas if api == "chat" else render_responses_stream
@@ -354,7 +316,7 @@ async def test_reasoning_then_text_then_call_end_to_end(upstream: FakeUpstream, 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_long_reasoning_before_the_first_token_is_no_first_token_timeout(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock, api: Any
+    upstream: FakeUpstream, loopback_clock: MockClock, api: Any
 ) -> None:
     render = render_chat_deltas if api == "chat" else render_responses_stream
     steps = with_pauses(render(["answer"], reasoning=["step"] * 6), 1.0)
@@ -370,7 +332,7 @@ async def test_long_reasoning_before_the_first_token_is_no_first_token_timeout(
 
 
 async def test_tool_call_only_answer_slower_than_first_token_completes(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     call = ScriptedToolCall("f", ["{", '"k"', ": ", "1", "}"], call_id="c")
     upstream.script(Reply(steps=with_pauses(render_chat_deltas(tool_calls=[call]), 1.0)))
@@ -384,7 +346,7 @@ async def test_tool_call_only_answer_slower_than_first_token_completes(
 
 
 async def test_cancel_during_reasoning_ends_cancelled_with_no_tokens(
-    upstream: FakeUpstream, autojump_clock: trio.abc.Clock
+    upstream: FakeUpstream, loopback_clock: MockClock
 ) -> None:
     upstream.script(Reply(steps=with_pauses(render_chat_deltas(["x"], reasoning=["r"] * 50), 1.0)))
     async with OpenAIAdapter(make_config(upstream)) as adapter:
@@ -454,3 +416,31 @@ def test_arguments_done_after_many_fragments_still_fills_in_only_the_missing_tai
     mapper.feed("", msgspec.json.encode(done | {"arguments": '{"a": [1, 2, 3]}'}), out)
     mapper.feed("", msgspec.json.encode(done | {"arguments": '{"b": [1, 2, 3, 4, 5]}'}), out)
     assert arguments_by_call(out) == {0: '{"a": [1, 2, 3]}'}
+
+
+def _chat_call(call_id: str) -> bytes:
+    call = {"index": 0, "id": call_id, "function": {"name": "f", "arguments": "{}"}}
+    return msgspec.json.encode({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+
+
+def _responses_call(item_id: str) -> bytes:
+    return msgspec.json.encode(
+        {"type": "response.function_call_arguments.delta", "item_id": item_id, "delta": "{}"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("mapper", "make"),
+    [(ChatMapper("t"), _chat_call), (ResponsesMapper("t"), _responses_call)],
+    ids=["chat", "responses"],
+)
+def test_an_upstream_inventing_call_after_call_ends_the_stream_instead_of_growing_the_table(
+    mapper: Mapper, make: Any
+) -> None:
+    """Each distinct call keeps a table entry for the task's life, so their number is capped."""
+    out: list[Event] = []
+    for i in range(MAX_CALLS):
+        mapper.feed("", make(f"call_{i}"), out)
+    assert len({ev.index for ev in out if isinstance(ev, ToolCallDelta)}) == MAX_CALLS
+    with pytest.raises(ProtocolError, match=f"more than {MAX_CALLS} tool calls"):
+        mapper.feed("", make("one_too_many"), out)

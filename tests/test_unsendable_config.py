@@ -45,6 +45,7 @@ def _every_text_of(exc: BaseException) -> str:
         KEY[:5] + "\U0001f511" + KEY[5:],
     ],
 )
+@pytest.mark.req("OC-ADAPT-OAI-6020")
 def test_a_non_ascii_api_key_is_refused_at_construction_without_echoing_it(pasted: str) -> None:
     for build in (
         lambda: AdapterConfig(base_url=BASE, model="m", api_key=pasted),

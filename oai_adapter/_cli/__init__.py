@@ -1,4 +1,4 @@
-"""The `oai-adapter` command: `demo`, `serve`, `stream`, `check` and `bench`.
+"""The `oai-adapter` command: `demo`, `serve`, `stream`, `check`, `bench` and `pool` (`_pool`).
 
 argparse and plain ANSI only — a library's users should not inherit a CLI toolkit's
 dependencies. Results go to stdout (tokens, tables, `--json`), everything else to stderr, so a
@@ -37,6 +37,8 @@ from ._commands import (
     run_stream,
     validate,
 )
+from ._hosttarget import SeveralBaseUrls
+from ._pool import add_pool_command
 from ._term import Term
 
 __all__ = [
@@ -98,11 +100,15 @@ _non_negative_float = _finite_float(zero_ok=True)
 _AddParser = Callable[..., argparse.ArgumentParser]
 
 
-def _endpoint_options(p: argparse.ArgumentParser, *, api: bool = True) -> None:
+def _endpoint_options(
+    p: argparse.ArgumentParser, *, api: bool = True, several: bool = False
+) -> None:
     p.add_argument(
         "--base-url",
         default=os.environ.get("OPENAI_BASE_URL"),
-        help="the endpoint, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL)",
+        action=SeveralBaseUrls if several else "store",
+        help="the endpoint, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL)"
+        + ("; repeat it to bench a pool of replicas through an AdapterHost" if several else ""),
     )
     p.add_argument("--model", required=True, help="the model name to send")
     if api:
@@ -230,7 +236,7 @@ def _add_bench(add_parser: _AddParser) -> None:
         "tokens/s, measured on the client as the serving benchmarks define them.",
         epilog=_EPILOG,
     )
-    _endpoint_options(bench)
+    _endpoint_options(bench, several=True)
     bench.add_argument("--concurrency", type=_positive_int, default=8)
     bench.add_argument("--requests", type=_positive_int, default=64)
     bench.add_argument("--max-tokens", type=_positive_int, default=128)
@@ -247,6 +253,7 @@ COMMANDS: tuple[Callable[[_AddParser], None], ...] = (
     _add_stream,
     _add_check,
     _add_bench,
+    lambda add_parser: add_pool_command(add_parser, _EPILOG),
 )
 
 

@@ -23,9 +23,19 @@ import trio
 from .._adapter import OpenAIAdapter
 from .._config import AdapterConfig, Api, TaskRequest, Timeouts
 from .._errors import ErrorInfo, ErrorKind
-from .._events import End, Event, Metrics, Started, Token, WorkerProps
+from .._events import (
+    End,
+    Event,
+    Metrics,
+    ReasoningDelta,
+    Started,
+    Token,
+    ToolCallDelta,
+    WorkerProps,
+)
 from .._grammar import stream_problem
 from .._redact import redact
+from ._hosttarget import TaskTarget, open_task_target
 from ._stats import PERCENTILES, RequestSample, summarize
 from ._term import Term, plural, render_table
 
@@ -101,7 +111,7 @@ def validate(args: argparse.Namespace) -> None:
             f"--host {args.host} is not a loopback address and the embedded upstream has no "
             "authentication: add --allow-remote to serve it there"
         )
-    if args.command in ("demo", "serve"):
+    if args.command in ("demo", "serve", "pool"):
         return
     make_config(args, getattr(args, "api", "chat"))
     if args.command == "stream":
@@ -137,7 +147,7 @@ class StreamResult:
 
 
 async def consume(
-    adapter: OpenAIAdapter,
+    adapter: TaskTarget,
     req: TaskRequest,
     *,
     on_token: Callable[[Token], None] | None = None,
@@ -391,8 +401,10 @@ async def _check_stream(
         return CheckRow(name, "fail", f"event order: {problem}"), True
     if leaked:
         return CheckRow(name, "fail", f"tasks still registered after End: {sorted(leaked)}"), True
-    if not result.tokens:
-        return CheckRow(name, "fail", f"no Token (end: {end.reason})"), True
+    calls = sum(isinstance(ev, ToolCallDelta) for ev in result.events)
+    thoughts = sum(isinstance(ev, ReasoningDelta) for ev in result.events)
+    if not (result.tokens or calls or thoughts):
+        return CheckRow(name, "fail", f"no output (end: {end.reason})"), True
     m = result.metrics
     usage = (
         f"usage {m.prompt_tokens}/{m.completion_tokens}"
@@ -405,7 +417,12 @@ async def _check_stream(
         CheckRow(
             name,
             "pass",
-            f"{plural(len(result.tokens), 'token')}, finish {end.reason}, {usage}, {http}",
+            ", ".join(
+                [plural(len(result.tokens), "token")]
+                + ([plural(calls, "tool-call delta")] if calls else [])
+                + ([plural(thoughts, "reasoning delta")] if thoughts else [])
+                + [f"finish {end.reason}", usage, http]
+            ),
         ),
         True,
     )
@@ -539,7 +556,7 @@ async def run_bench(args: argparse.Namespace, term: Term, interrupted: trio.Even
     next_index = 0
     stopping = False
 
-    async with OpenAIAdapter(config) as adapter:
+    async with open_task_target(config, getattr(args, "base_urls", None)) as adapter:
 
         async def one(i: int) -> None:
             req = TaskRequest(task_id=f"bench-{i}", prompt=args.prompt, max_tokens=args.max_tokens)

@@ -1,0 +1,88 @@
+"""The running tasks of one adapter, by id: what `submit`, `cancel` and the consumer share.
+
+A task is in the registry from entering `submit` until its consumer has read `End` or left the
+block (the consumer's view, DESIGN.md "Public API"). `add` is the only way in and refuses an id
+that is running; `discard` takes out exactly the entry it was given, so a late discard of a
+finished task never removes a newer task that reused its id. `cancel` sets the flag first and
+then cancels the reader's scope; it never blocks. The registry knows nothing of threads: the
+adapter checks it is called from its trio thread before it gets here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+__all__ = ["Draining", "RegistryStatistics", "TaskRegistry", "TaskState"]
+
+
+class Draining(Protocol):
+    """A response whose tail a background drain reads (`_http.UpstreamResponse`)."""
+
+    async def aclose_now(self) -> None: ...
+
+
+class TaskState:
+    """What `cancel()`, the consumer and the reader share about one task."""
+
+    __slots__ = ("cancel_requested", "done", "draining", "scope", "task_id")
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.scope = trio.CancelScope()  # cancelled by cancel(task_id) and by leaving `submit`
+        self.cancel_requested = False
+        self.done = trio.Event()  # the reader has finished and closed (or handed off) its response
+        # The response the reader handed to a background drain after the upstream finished:
+        # a cancel that comes later closes it before `End(cancelled)` is returned.
+        self.draining: Draining | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStatistics:
+    """A snapshot: tasks running now, and tasks added since the registry was made."""
+
+    running: int
+    submitted: int
+
+
+class TaskRegistry:
+    """Running tasks by id (see the module header)."""
+
+    __slots__ = ("_submitted", "_tasks")
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskState] = {}
+        self._submitted = 0
+
+    def add(self, task_id: str) -> TaskState:
+        """Register a task; `ValueError` when `task_id` is already running."""
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id!r} is already running")
+        state = self._tasks[task_id] = TaskState(task_id)
+        self._submitted += 1
+        return state
+
+    def discard(self, state: TaskState) -> None:
+        """Remove `state` if it is still the entry for its id (idempotent)."""
+        if self._tasks.get(state.task_id) is state:
+            del self._tasks[state.task_id]
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a running task. True if it was running and not cancelled before."""
+        state = self._tasks.get(task_id)
+        if state is None or state.cancel_requested:
+            return False
+        state.cancel_requested = True
+        state.scope.cancel()
+        return True
+
+    def running(self) -> frozenset[str]:
+        return frozenset(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def statistics(self) -> RegistryStatistics:
+        return RegistryStatistics(running=len(self._tasks), submitted=self._submitted)

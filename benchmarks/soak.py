@@ -851,8 +851,10 @@ async def _soak(opts: Options, report: Report) -> None:
 
         async def rebinder(pool: Pool, within: float) -> None:
             turn = 0
+            at = trio.current_time()
             while True:
-                await trio.sleep(opts.rebind_every)
+                at += opts.rebind_every  # a fixed cadence: a slow bind does not stretch it
+                await trio.sleep_until(at)
                 replica_id = REPLICAS[turn % len(REPLICAS)]
                 turn += 1
                 fresh = await replicas.start(replica_id)

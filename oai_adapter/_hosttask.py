@@ -450,6 +450,7 @@ class _Driver:
         trial = rep.enter(task)
         outcome: Outcome = "neither"
         cause = ""
+        failed: _Failed | None = None
         try:
             with trio.CancelScope() as scope:
                 task.attempt_scope = scope
@@ -499,11 +500,17 @@ class _Driver:
                                     and error.kind in BLAMES_REPLICA
                                     and not placement.refused
                                 ):
-                                    raise _Failed(error, 1 + placement.retries)
+                                    # Raised once the adapter's block is left: raised inside
+                                    # it, an eviction landing during the adapter's exit wraps
+                                    # it in an ExceptionGroup that `except _Failed` misses.
+                                    failed = _Failed(error, 1 + placement.retries)
+                                    break
                                 await self._put(event)
                                 self.end_sent = True
                                 return None
                             await self._put(event)
+            if failed is not None:
+                raise failed
             reason = task.evicted
             if scope.cancelled_caught and reason is not None:
                 what = (

@@ -25,7 +25,14 @@ import httpx2
 from ._redact import Secret, is_credential_name, redact
 from ._tls import shared_ssl_context
 
-__all__ = ["AdapterConfig", "RetryPolicy", "TaskRequest", "Timeouts", "dropped_credential"]
+__all__ = [
+    "AdapterConfig",
+    "RetryPolicy",
+    "TaskRequest",
+    "Timeouts",
+    "dropped_credential",
+    "positive_finite",
+]
 
 Api = Literal["chat", "completions", "responses"]
 _APIS = ("chat", "completions", "responses")
@@ -36,7 +43,8 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-def _positive_finite(owner: str, name: str, value: object, *, allow_zero: bool = False) -> None:
+def positive_finite(owner: str, name: str, value: object, *, allow_zero: bool = False) -> None:
+    """`ValueError` naming `owner.name` unless `value` is a finite number > 0 (>= 0)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{owner}.{name}: must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
@@ -87,7 +95,7 @@ class Timeouts:
 
     def __post_init__(self) -> None:
         for name in ("connect", "first_token", "idle", "total"):
-            _positive_finite("Timeouts", name, getattr(self, name))
+            positive_finite("Timeouts", name, getattr(self, name))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,11 +119,11 @@ class RetryPolicy:
             raise ValueError("RetryPolicy.max_attempts: must be an int")
         if not 1 <= self.max_attempts <= 100:
             raise ValueError(f"RetryPolicy.max_attempts: must be 1..100, got {self.max_attempts}")
-        _positive_finite("RetryPolicy", "base", self.base, allow_zero=True)
-        _positive_finite("RetryPolicy", "cap", self.cap, allow_zero=True)
-        _positive_finite("RetryPolicy", "budget_percent", self.budget_percent, allow_zero=True)
-        _positive_finite("RetryPolicy", "budget_window", self.budget_window)
-        _positive_finite("RetryPolicy", "budget_min_per_s", self.budget_min_per_s, allow_zero=True)
+        positive_finite("RetryPolicy", "base", self.base, allow_zero=True)
+        positive_finite("RetryPolicy", "cap", self.cap, allow_zero=True)
+        positive_finite("RetryPolicy", "budget_percent", self.budget_percent, allow_zero=True)
+        positive_finite("RetryPolicy", "budget_window", self.budget_window)
+        positive_finite("RetryPolicy", "budget_min_per_s", self.budget_min_per_s, allow_zero=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -365,7 +373,7 @@ class TaskRequest:
         for name in ("temperature", "top_p"):
             value = getattr(self, name)
             if value is not None:
-                _positive_finite("TaskRequest", name, value, allow_zero=True)
+                positive_finite("TaskRequest", name, value, allow_zero=True)
         if self.stop is not None:
             stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
             if not all(isinstance(s, str) and s for s in stops):

@@ -41,6 +41,7 @@ from ._hoststats import (
 )
 from ._hosttask import HostSubmission
 from ._hosttelemetry import HostTelemetry
+from ._stream import leave_nursery
 
 __all__ = ["EXIT_GRACE", "AdapterHost"]
 
@@ -89,13 +90,7 @@ class AdapterHost:
             for rep in [*pool.replicas.values(), *pool.draining]:
                 rep.evict("closing")
         nursery.cancel_scope.cancel()
-        try:
-            await cm.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                return False
-            raise
-        return None
+        return await leave_nursery(cm, exc_type, exc, tb)
 
     @property
     def _open_nursery(self) -> trio.Nursery:

@@ -16,22 +16,16 @@ Immutable and validated on construction: a bad value raises `ValueError` naming 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from ._config import positive_finite
 
 __all__ = ["HostPolicy"]
 
 
-def _number(name: str, value: object, *, minimum: float, open_min: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"HostPolicy.{name}: must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"HostPolicy.{name}: must be finite, got {value!r}")
-    if value < minimum or (open_min and value == minimum):
-        raise ValueError(
-            f"HostPolicy.{name}: must be {'>' if open_min else '>='} {minimum:g}, got {value!r}"
-        )
-    return float(value)
+def _number(name: str, value: object, *, allow_zero: bool) -> float:
+    positive_finite("HostPolicy", name, value, allow_zero=allow_zero)
+    return float(value)  # type: ignore[arg-type]  # a number: checked above
 
 
 def _integer(name: str, value: object, minimum: int) -> None:
@@ -57,18 +51,18 @@ class HostPolicy:
     def __post_init__(self) -> None:
         _integer("max_failovers", self.max_failovers, 0)
         _integer("breaker_failures", self.breaker_failures, 1)
-        _number("breaker_open", self.breaker_open, minimum=0, open_min=True)
-        _number("probe_interval", self.probe_interval, minimum=0, open_min=True)
-        _number("breaker_open_max", self.breaker_open_max, minimum=0, open_min=True)
+        _number("breaker_open", self.breaker_open, allow_zero=False)
+        _number("probe_interval", self.probe_interval, allow_zero=False)
+        _number("breaker_open_max", self.breaker_open_max, allow_zero=False)
         if self.breaker_open_max < self.breaker_open:
             raise ValueError(
                 f"HostPolicy.breaker_open_max: must be >= breaker_open ({self.breaker_open!r}),"
                 f" got {self.breaker_open_max!r}"
             )
-        _number("drain_timeout", self.drain_timeout, minimum=0, open_min=False)
-        ejected = _number("max_ejected", self.max_ejected, minimum=0, open_min=False)
+        _number("drain_timeout", self.drain_timeout, allow_zero=True)
+        ejected = _number("max_ejected", self.max_ejected, allow_zero=True)
         if ejected > 1:
             raise ValueError(f"HostPolicy.max_ejected: must be in [0, 1], got {self.max_ejected!r}")
-        _number("budget_percent", self.budget_percent, minimum=0, open_min=False)
-        _number("budget_min_per_s", self.budget_min_per_s, minimum=0, open_min=False)
-        _number("budget_window", self.budget_window, minimum=0, open_min=True)
+        _number("budget_percent", self.budget_percent, allow_zero=True)
+        _number("budget_min_per_s", self.budget_min_per_s, allow_zero=True)
+        _number("budget_window", self.budget_window, allow_zero=False)

@@ -6,21 +6,15 @@ streams; both change this state only through the methods below, which narrate ea
 The retry budget is one per pool (HOST.md, "Retry budget"), handed to every adapter of the pool
 as its `retry_budget`. An adapter calls `record_submit()` once per `submit` and `try_spend()`
 before each retry; a host task is one submit however many replicas it tries, so `PoolBudget`
-ignores the adapters' `record_submit` and the host calls `record_task` once. The driver marks
-each try of a task on a replica with a `Placement` in a context variable before it enters the
-adapter's `submit`: the adapter's reader task is started from there and inherits it, so the
-budget can tell the driver how many retries the adapter was granted on that replica (its
-attempts, when it fails before `Started`) and whether its last retry was refused — using
-only the adapter's public `retry_budget` hook.
+ignores the adapters' `record_submit` and the host calls `record_task` once. How many attempts a
+replica made and whether its last retry was refused, the driver reads from the adapter's own
+stream (`EventStream.statistics()`) after its `End`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import math
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
@@ -42,12 +36,10 @@ __all__ = [
     "BLAMES_REPLICA",
     "BREAKER_FAILURES",
     "Outcome",
-    "Placement",
     "Pool",
     "PoolBudget",
     "Replica",
     "TaskState",
-    "placing",
 ]
 
 #: Kinds that blame the replica: a task ending in one before `Started` fails over.
@@ -69,31 +61,6 @@ Outcome: TypeAlias = Literal["success", "failure", "neither"]
 EvictReason: TypeAlias = Literal["unbound", "rebound", "closing"]
 
 
-class Placement:
-    """One try of a task on one replica, as the pool's budget saw its adapter's retries."""
-
-    __slots__ = ("refused", "retries")
-
-    def __init__(self) -> None:
-        self.retries = 0  # retries the budget granted the adapter on this replica
-        self.refused = False  # the adapter's last retry was refused
-
-
-_PLACEMENT: contextvars.ContextVar[Placement | None] = contextvars.ContextVar(
-    "oai_adapter_host_placement", default=None
-)
-
-
-@contextmanager
-def placing(placement: Placement) -> Iterator[None]:
-    """Mark the current task (and the tasks it starts) as trying `placement`."""
-    token = _PLACEMENT.set(placement)
-    try:
-        yield
-    finally:
-        _PLACEMENT.reset(token)
-
-
 class PoolBudget(RetryBudget):
     """The pool's budget as its adapters see it: see the module header."""
 
@@ -105,15 +72,6 @@ class PoolBudget(RetryBudget):
     def record_task(self) -> None:
         """A host task entered `submit`: one submit however many replicas it tries."""
         RetryBudget.record_submit(self)
-
-    def try_spend(self) -> bool:
-        """An adapter asks to retry on its replica."""
-        granted = RetryBudget.try_spend(self)
-        placement = _PLACEMENT.get()
-        if placement is not None:
-            placement.retries += granted
-            placement.refused = not granted
-        return granted
 
     def try_failover(self) -> bool:
         """The host asks to place a task on another replica."""
@@ -189,12 +147,16 @@ class Replica:
 
     def enter(self, task: TaskState) -> int:
         """`task` is placed here (taken before the driver's `try`): the breaker's trial permit
-        number (0: not the trial), to hand back to `Pool.record` in the driver's `finally`."""
+        number (0: not the trial), to hand back to `Pool.record` in the driver's `finally`.
+        The try's cancel scope is made here, so an eviction before the driver enters it
+        still ends the try."""
         trial = self.breaker.take()
         self.running += 1
         self.tasks.add(task)
         self.pool.counts.setdefault(self.replica_id, _Counts()).submitted += 1
         task.replica = self
+        task.attempt_scope = trio.CancelScope()
+        task.evicted = None
         return trial
 
     def leave(self, task: TaskState) -> None:

@@ -1,9 +1,10 @@
 """One host task: placement, failover before `Started`, and the consumer's stream.
 
-`HostSubmission.__aenter__` registers the task in its pool, opens the task's nursery and starts
-the *driver*; `__aexit__` cancels the driver, waits for it and unregisters, however the block is
-left. The driver places the task on a replica (`Pool.route`), enters that adapter's `submit` and
-reads its stream, handing the events on to the consumer. An `End(error)` before any `Started`
+`HostSubmission.__aenter__` registers the task in its pool, places it on its first replica
+(`Pool.route`, `Replica.enter`: synchronously, so an `unbind` or rebind the moment after finds it
+running there and drains it), opens the task's nursery and starts the *driver*; `__aexit__`
+cancels the driver, waits for it and unregisters, however the block is left. The driver enters
+the replica's adapter's `submit` and reads its stream, handing the events on to the consumer. An `End(error)` before any `Started`
 whose kind blames the replica is not handed on: the driver places the task again on a replica
 that has not failed it (up to `max_failovers`, each one paid from the pool's retry budget), so
 the consumer sees one stream. Once `Started` has been handed on there is no failover.
@@ -21,7 +22,8 @@ consumer still gives the upstream backpressure (and holds a draining replica: HO
 task as ended there when its events are handed on).
 
 Under a host, `Started.attempt` counts every attempt on every replica (the adapter's own count
-on the serving replica, plus `1 + retries granted` on each replica that failed before), and
+on the serving replica, plus the attempts each replica that failed before made: its stream's
+`statistics().attempts`, which also says whether its last retry was refused), and
 `Started.replica_id` names the serving replica; `Metrics.retries = attempt − 1`, and `ttft_ms`
 and `duration_ms` count from entering `host.submit`. The first replica's `total` timeout bounds
 the whole task, failovers included.
@@ -48,20 +50,16 @@ from ._hostpool import (
     BLAMES_REPLICA,
     BREAKER_FAILURES,
     Outcome,
-    Placement,
     Pool,
     Replica,
     TaskState,
-    placing,
 )
+from ._stream import BatchStream, EventStream, leave_nursery
 
-__all__ = ["CHECKPOINT_EVERY", "MAX_BATCH", "HostEventStream", "HostSubmission"]
+__all__ = ["MAX_BATCH", "HostEventStream", "HostSubmission"]
 
 #: Most events in one list between driver and consumer (two lists at most are buffered).
 MAX_BATCH: Final = 256
-
-#: Events handed out between two checkpoints when the consumer never blocks (as the adapter).
-CHECKPOINT_EVERY: Final = 64
 
 _FINISH: Final = frozenset({"stop", "length", "content_filter", "tool_calls"})
 
@@ -93,97 +91,30 @@ class _Pipe:
             self.open = None
 
 
-class HostEventStream:
-    """`async for ev in events`: the same grammar as the adapter's `EventStream`."""
+class HostEventStream(BatchStream[TaskState]):
+    """`async for ev in events`: the same grammar (and the same iterator) as the adapter's
+    `EventStream`; batches come from the driver through the `_Pipe`."""
 
-    __slots__ = (
-        "_batch",
-        "_delivered",
-        "_finished",
-        "_limit",
-        "_pipe",
-        "_pool",
-        "_pos",
-        "_task",
-        "task_id",
-    )
+    __slots__ = ("_pipe", "_pool")
+
+    _PRODUCER = "the host's driver"
 
     def __init__(self, pool: Pool, task: TaskState, pipe: _Pipe) -> None:
+        super().__init__(task)
         self._pool = pool
-        self._task = task
         self._pipe = pipe
-        self._batch: list[Event] = []
-        self._pos = 0
-        self._limit = 0  # `_batch[_pos:_limit]`: no End, no checkpoint due
-        self._delivered = 0
-        self._finished = False
-        self.task_id = task.task_id
 
-    @property
-    def tokens_delivered(self) -> int:
-        batch = self._batch
-        for i in range(min(self._pos, len(batch)) - 1, -1, -1):
-            event = batch[i]
-            if type(event) is Token:
-                return event.index + 1
-        return self._delivered
+    async def _next_batch(self) -> list[Event]:
+        batch = await self._pipe.receive.receive()
+        self._pipe.taken(batch)
+        return batch
 
-    def __aiter__(self) -> HostEventStream:
-        return self
+    async def _producer_stopped(self) -> None:
+        await self._state.done.wait()  # the driver has left the adapter: upstream closed
 
-    async def __anext__(self) -> Event:
-        pos = self._pos
-        if pos < self._limit and not self._task.cancel_requested:
-            self._pos = pos + 1
-            return self._batch[pos]
-        return await self._refill()
-
-    async def _refill(self) -> Event:
-        if self._finished:
-            raise StopAsyncIteration
-        task = self._task
-        if task.cancel_requested:
-            return await self._cancelled()
-        if self._pos < len(self._batch):
-            if (
-                self._pos >= self._limit
-                and self._pos > 0
-                and type(self._batch[self._pos]) is not End
-            ):
-                await trio.lowlevel.checkpoint()
-                if task.cancel_requested:
-                    return await self._cancelled()
-        else:
-            self._delivered = self.tokens_delivered
-            try:
-                batch = await self._pipe.receive.receive()
-            except trio.EndOfChannel:
-                if task.cancel_requested:
-                    return await self._cancelled()
-                raise RuntimeError("the host's driver ended without an End event") from None
-            self._pipe.taken(batch)
-            self._batch, self._pos = batch, 0
-            if task.cancel_requested:
-                return await self._cancelled()
-        batch, pos = self._batch, self._pos
-        last = len(batch) - 1 if type(batch[-1]) is End else len(batch)
-        self._limit = min(last, pos + CHECKPOINT_EVERY)
-        event = batch[pos]
-        self._pos = pos + 1
-        if type(event) is End:
-            self._close()
-        return event
-
-    async def _cancelled(self) -> End:
-        self._delivered = self.tokens_delivered
-        self._batch, self._pos, self._limit = [], 0, 0
-        await self._task.done.wait()  # the driver has left the adapter: upstream closed
-        self._close()
-        return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
-
-    def _close(self) -> None:
+    def _end(self) -> None:
         self._finished = True
-        self._pool.unregister(self._task)
+        self._pool.unregister(self._state)
 
 
 class HostSubmission:
@@ -213,13 +144,17 @@ class HostSubmission:
         started_at = trio.current_time()
         task = TaskState(req.task_id)
         pipe = _Pipe()
-        driver = _Driver(pool, task, req, self._rng, pipe, started_at)
+        first = pool.route(started_at, req.session_id, set(), self._rng)
+        driver = _Driver(pool, task, req, self._rng, pipe, started_at, first)
         pool.register(task)
+        if first[0] is not None:
+            driver.place(first[0])
         self._task = task
         cm = trio.open_nursery()
         try:
             nursery = await cm.__aenter__()
         except BaseException:
+            driver.release()
             pool.unregister(task)
             pool.running -= 1
             raise
@@ -240,19 +175,12 @@ class HostSubmission:
         assert cm is not None
         task.scope.cancel()
         try:
-            await cm.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            # The driver raises nothing of its own: a group holding only what the block raised
-            # is the nursery's wrapping, so the block's own exception goes on unchanged.
-            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                return False
-            raise
+            return await leave_nursery(cm, exc_type, exc, tb)
         finally:
             if self._driver is not None:
                 self._driver.pipe.receive.close()
             self._pool.unregister(task)
             self._pool.running -= 1
-        return None
 
 
 def _outcome(end: End) -> tuple[Outcome, str]:
@@ -278,7 +206,9 @@ class _Driver:
 
     __slots__ = (
         "end_sent",
+        "first",
         "first_token_at",
+        "held",
         "last_token_at",
         "pipe",
         "pool",
@@ -298,6 +228,7 @@ class _Driver:
         rng: random.Random,
         pipe: _Pipe,
         started_at: float,
+        first: tuple[Replica | None, str, int | None],
     ) -> None:
         self.pool = pool
         self.task = task
@@ -310,6 +241,20 @@ class _Driver:
         self.tokens = 0
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
+        self.first: tuple[Replica | None, str, int | None] | None = first  # the first route
+        self.held: tuple[Replica, int] | None = None  # placed on, and its breaker trial
+
+    def place(self, rep: Replica) -> None:
+        """Take the task's place on `rep`: given back by `_try`'s `finally` (or `release`)."""
+        self.held = (rep, rep.enter(self.task))
+
+    def release(self) -> None:
+        """Give back a place no try used (a task cancelled before its driver ran)."""
+        if self.held is not None:
+            rep, trial = self.held
+            self.held = None
+            self.pool.record(rep, "neither", trial, trio.current_time())
+            rep.leave(self.task)
 
     async def run(self) -> None:
         try:
@@ -317,6 +262,7 @@ class _Driver:
                 with self.task.scope:
                     await self._run()
         finally:
+            self.release()
             self.task.done.set()
 
     async def _put(self, event: Event) -> None:
@@ -361,8 +307,11 @@ class _Driver:
         total: float | None = None
         with trio.CancelScope() as deadline:
             while True:
-                now = trio.current_time()
-                rep, why, retry_after_ms = pool.route(now, req.session_id, tried, self.rng)
+                if self.first is not None:  # decided when the task entered `submit`
+                    (rep, why, retry_after_ms), self.first = self.first, None
+                else:
+                    now = trio.current_time()
+                    rep, why, retry_after_ms = pool.route(now, req.session_id, tried, self.rng)
                 if rep is None:
                     if error is None:
                         await self._end(
@@ -416,8 +365,10 @@ class _Driver:
                     correlation_id=req.correlation_id,
                     attempt=attempts + 1,
                 )
+                if self.held is None:
+                    self.place(rep)
                 try:
-                    ending = await self._try(rep, attempts)
+                    ending = await self._try(attempts)
                 except _Failed as failed:
                     error = failed.error
                     attempts += failed.attempts
@@ -438,77 +389,80 @@ class _Driver:
                 )
             )
 
-    async def _try(self, rep: Replica, attempts_before: int) -> ErrorInfo | None:
-        """The task on `rep`. Returns None when it ended there (its `End` handed on), or the
-        error to end it with once it has left `rep` (a drain or the host's exit evicted it);
-        raises `_Failed` when it failed before `Started` in a way that may fail over."""
+    async def _try(self, attempts_before: int) -> ErrorInfo | None:
+        """The task on the replica it is placed on (`held`). Returns None when it ended there
+        (its `End` handed on), or the error to end it with once it has left the replica (a
+        drain or the host's exit evicted it); raises `_Failed` when it failed before `Started`
+        in a way that may fail over."""
         pool, task, req = self.pool, self.task, self.req
+        assert self.held is not None
+        rep, trial = self.held
         adapter = rep.adapter
+        scope = task.attempt_scope
         assert adapter is not None
-        placement = Placement()
-        task.evicted = None
-        trial = rep.enter(task)
+        assert scope is not None
+        stream: EventStream | None = None
         outcome: Outcome = "neither"
         cause = ""
         failed: _Failed | None = None
         try:
-            with trio.CancelScope() as scope:
-                task.attempt_scope = scope
+            with scope:
                 offset_ms = (trio.current_time() - self.started_at) * 1000.0
-                with placing(placement):
-                    async with adapter.submit(req) as events:
-                        async for event in events:
-                            cls = type(event)
-                            if cls is Token:
-                                now = trio.current_time()
-                                if self.first_token_at is None:
-                                    self.first_token_at = now
-                                self.last_token_at = now
-                                batch = self.pipe.open
-                                if batch is not None and len(batch) < MAX_BATCH:
-                                    batch.append(event)
-                                else:
-                                    await self.pipe.put_new(event)
-                                self.tokens += 1  # handed on (a cancelled send is not)
-                                continue
-                            if cls is Started:
-                                assert isinstance(event, Started)
-                                event = self.started = msgspec.structs.replace(
-                                    event,
-                                    attempt=attempts_before + event.attempt,
-                                    replica_id=rep.replica_id,
-                                )
-                            elif cls is Metrics:
-                                assert isinstance(event, Metrics)
-                                assert self.started is not None
-                                event = msgspec.structs.replace(
-                                    event,
-                                    ttft_ms=None
-                                    if event.ttft_ms is None
-                                    else event.ttft_ms + offset_ms,
-                                    duration_ms=event.duration_ms + offset_ms,
-                                    retries=self.started.attempt - 1,
-                                )
-                            elif cls is End:
-                                assert isinstance(event, End)
-                                outcome, cause = _outcome(event)
-                                self._after_end(rep, event, placement)
-                                error = event.error
-                                if (
-                                    self.started is None
-                                    and error is not None
-                                    and error.kind in BLAMES_REPLICA
-                                    and not placement.refused
-                                ):
-                                    # Raised once the adapter's block is left: raised inside
-                                    # it, an eviction landing during the adapter's exit wraps
-                                    # it in an ExceptionGroup that `except _Failed` misses.
-                                    failed = _Failed(error, 1 + placement.retries)
-                                    break
-                                await self._put(event)
-                                self.end_sent = True
-                                return None
+                async with adapter.submit(req) as events:
+                    stream = events
+                    async for event in events:
+                        cls = type(event)
+                        if cls is Token:
+                            now = trio.current_time()
+                            if self.first_token_at is None:
+                                self.first_token_at = now
+                            self.last_token_at = now
+                            batch = self.pipe.open
+                            if batch is not None and len(batch) < MAX_BATCH:
+                                batch.append(event)
+                            else:
+                                await self.pipe.put_new(event)
+                            self.tokens += 1  # handed on (a cancelled send is not)
+                            continue
+                        if cls is Started:
+                            assert isinstance(event, Started)
+                            event = self.started = msgspec.structs.replace(
+                                event,
+                                attempt=attempts_before + event.attempt,
+                                replica_id=rep.replica_id,
+                            )
+                        elif cls is Metrics:
+                            assert isinstance(event, Metrics)
+                            assert self.started is not None
+                            event = msgspec.structs.replace(
+                                event,
+                                ttft_ms=None
+                                if event.ttft_ms is None
+                                else event.ttft_ms + offset_ms,
+                                duration_ms=event.duration_ms + offset_ms,
+                                retries=self.started.attempt - 1,
+                            )
+                        elif cls is End:
+                            assert isinstance(event, End)
+                            outcome, cause = _outcome(event)
+                            stats = events.statistics()
+                            self._after_end(rep, event, refused=stats.retry_refused)
+                            error = event.error
+                            if (
+                                self.started is None
+                                and error is not None
+                                and error.kind in BLAMES_REPLICA
+                                and not stats.retry_refused
+                            ):
+                                # Raised once the adapter's block is left: raised inside it,
+                                # an eviction landing during the adapter's exit wraps it in an
+                                # ExceptionGroup that `except _Failed` misses (just soak).
+                                failed = _Failed(error, stats.attempts)
+                                break
                             await self._put(event)
+                            self.end_sent = True
+                            return None
+                        await self._put(event)
             if failed is not None:
                 raise failed
             reason = task.evicted
@@ -521,13 +475,14 @@ class _Driver:
                 error = ErrorInfo(kind=ErrorKind.POOL_UNAVAILABLE, message=what, retryable=True)
                 if self.started is not None or reason == "closing":
                     return error  # not a failover: ended once it has left the replica
-                raise _Failed(error, 1 + placement.retries)
+                raise _Failed(error, 0 if stream is None else stream.statistics().attempts)
             raise RuntimeError("the adapter's stream ended without an End event")  # a bug
         finally:
+            self.held = None
             pool.record(rep, outcome, trial, trio.current_time(), cause)
             rep.leave(task)
 
-    def _after_end(self, rep: Replica, end: End, placement: Placement) -> None:
+    def _after_end(self, rep: Replica, end: End, *, refused: bool) -> None:
         """What a try's `End` tells the pool: a 429's cool-off, a missing model, a refusal."""
         error = end.error
         if error is None:
@@ -553,7 +508,7 @@ class _Driver:
                 f"replica {rep.replica_id} is not ready: {rep.detail}",
                 **fields,
             )
-        if placement.refused:
+        if refused:
             self.pool.budget_refused += 1
             rep.narrate(
                 "WARNING",

@@ -27,7 +27,15 @@ class Draining(Protocol):
 class TaskState:
     """What `cancel()`, the consumer and the reader share about one task."""
 
-    __slots__ = ("cancel_requested", "done", "draining", "scope", "task_id")
+    __slots__ = (
+        "attempts",
+        "cancel_requested",
+        "done",
+        "draining",
+        "retry_refused",
+        "scope",
+        "task_id",
+    )
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
@@ -37,6 +45,10 @@ class TaskState:
         # The response the reader handed to a background drain after the upstream finished:
         # a cancel that comes later closes it before `End(cancelled)` is returned.
         self.draining: Draining | None = None
+        # Written by the reader's attempts loop only: attempts made so far, and whether the
+        # retry budget refused the retry after the last one (`EventStream.statistics()`).
+        self.attempts = 0
+        self.retry_refused = False
 
 
 @dataclass(frozen=True, slots=True)

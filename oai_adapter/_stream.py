@@ -22,7 +22,7 @@ import uuid
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import trio
 
@@ -41,9 +41,11 @@ __all__ = [
     "CHANNEL_BATCHES",
     "CHECKPOINT_EVERY",
     "NOT_OPEN",
+    "BatchStream",
     "EventStream",
     "EventStreamStatistics",
     "Submission",
+    "leave_nursery",
 ]
 
 #: Batches (network reads) buffered between reader and consumer. A read holds at most one
@@ -64,16 +66,60 @@ _LEFT: Final = (
 @dataclass(frozen=True, slots=True)
 class EventStreamStatistics:
     """A snapshot of one task's stream: batches (network reads) the reader has sent and the
-    consumer not yet taken (at most `CHANNEL_BATCHES`), Tokens handed out, and whether the
-    reader has finished (its response closed or handed to a background drain)."""
+    consumer not yet taken (at most `CHANNEL_BATCHES`), Tokens handed out, whether the
+    reader has finished (its response closed or handed to a background drain), the attempts
+    it has made (requests sent or tried; `Started.attempt` once started), and whether the retry
+    budget refused its retry after the last failed attempt (the task then ended with that
+    attempt's error). An `AdapterHost` reads the last two after an `End` to count a replica's
+    attempts and to tell "retries used up" from "retry refused"."""
 
     buffered_batches: int
     tokens_delivered: int
     reader_done: bool
+    attempts: int = 0
+    retry_refused: bool = False
 
 
-class EventStream:
-    """`async for ev in events`: `Started`, `Token`*, `Metrics`?, `End`."""
+async def leave_nursery(
+    cm: AbstractAsyncContextManager[trio.Nursery],
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool | None:
+    """Exit a nursery entered by hand in an `__aenter__` (a submit block's, a host's).
+
+    Its own tasks (a reader, a driver, probes) raise nothing of their own — every failure becomes
+    an event — so a group holding only what the block raised is the nursery's wrapping: the
+    block's own exception (a user's error, an outer `Cancelled`) goes on unchanged.
+    """
+    try:
+        await cm.__aexit__(exc_type, exc, tb)
+    except BaseExceptionGroup as group:
+        if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+            return False
+        raise
+    return None
+
+
+class Cancellable(Protocol):
+    """What a `BatchStream` reads of its task's state before every event."""
+
+    task_id: str
+    cancel_requested: bool
+
+
+S = TypeVar("S", bound=Cancellable)
+
+
+class BatchStream(Generic[S]):
+    """Hands out a producer's batches (lists of events, `End` last) one event at a time.
+
+    The one consumer-side iterator of the library (the adapter's `EventStream` and the host's
+    stream are both this): no scheduler trip per event, a checkpoint every `CHECKPOINT_EVERY`
+    events, and `cancel_requested` looked at before every event. A subclass says where batches
+    come from (`_next_batch`), what a cancel's `End` waits for (`_producer_stopped`) and what
+    ending does (`_end`).
+    """
 
     __slots__ = (
         "_batch",
@@ -82,24 +128,15 @@ class EventStream:
         "_finished",
         "_limit",
         "_pos",
-        "_receive",
-        "_registry",
         "_state",
-        "_tlog",
         "task_id",
     )
 
-    def __init__(
-        self,
-        state: TaskState,
-        receive: trio.MemoryReceiveChannel[list[Event]],
-        tlog: TaskLog,
-        registry: TaskRegistry,
-    ) -> None:
+    #: Who sends the batches, for the message of a producer that ends without an `End` (a bug).
+    _PRODUCER = "the producer"
+
+    def __init__(self, state: S) -> None:
         self._state = state
-        self._receive = receive
-        self._tlog = tlog
-        self._registry = registry
         self._batch: list[Event] = []
         self._pos = 0
         # `_batch[_pos:_limit]` can be handed out without a check-in: no End among them and
@@ -120,15 +157,7 @@ class EventStream:
                 return event.index + 1
         return self._delivered
 
-    def statistics(self) -> EventStreamStatistics:
-        buffered = 0 if self._closed else self._receive.statistics().current_buffer_used
-        return EventStreamStatistics(
-            buffered_batches=buffered,
-            tokens_delivered=self.tokens_delivered,
-            reader_done=self._state.done.is_set(),
-        )
-
-    def __aiter__(self) -> EventStream:
+    def __aiter__(self) -> BatchStream[S]:
         return self
 
     async def __anext__(self) -> Event:
@@ -138,6 +167,97 @@ class EventStream:
             self._pos = pos + 1
             return self._batch[pos]
         return await self._refill()
+
+    async def _next_batch(self) -> list[Event]:
+        """The producer's next batch; `trio.EndOfChannel` when it has stopped."""
+        raise NotImplementedError
+
+    async def _producer_stopped(self) -> None:
+        """Wait until the producer has stopped and closed the upstream response."""
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        """The stream has handed out its `End`."""
+        self._finished = True
+
+    def _closed_message(self) -> str:
+        return "this event stream was closed"
+
+    async def _refill(self) -> Event:
+        """Everything but the common case: a cancel, a checkpoint, the next batch, `End`."""
+        if self._finished:
+            raise StopAsyncIteration
+        if self._closed:
+            raise trio.ClosedResourceError(self._closed_message())
+        state = self._state
+        if state.cancel_requested:
+            return await self._cancelled()
+        if self._pos < len(self._batch):
+            if (
+                self._pos >= self._limit
+                and self._pos > 0
+                and type(self._batch[self._pos]) is not End
+            ):
+                await trio.lowlevel.checkpoint()  # CHECKPOINT_EVERY events handed out
+                if state.cancel_requested:
+                    return await self._cancelled()
+        else:
+            self._delivered = self.tokens_delivered
+            try:
+                batch = await self._next_batch()
+            except trio.EndOfChannel:
+                if state.cancel_requested:
+                    return await self._cancelled()
+                raise RuntimeError(f"{self._PRODUCER} ended without an End event") from None
+            self._batch, self._pos = batch, 0
+            if state.cancel_requested:
+                return await self._cancelled()
+        batch, pos = self._batch, self._pos
+        last = len(batch) - 1 if type(batch[-1]) is End else len(batch)  # End: never fast
+        self._limit = min(last, pos + CHECKPOINT_EVERY)
+        event = batch[pos]
+        self._pos = pos + 1
+        if type(event) is End:
+            self._end()
+        return event
+
+    async def _cancelled(self) -> End:
+        self._delivered = self.tokens_delivered
+        self._batch = []
+        self._pos = self._limit = 0
+        await self._producer_stopped()
+        self._end()
+        return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
+
+
+class EventStream(BatchStream["TaskState"]):
+    """`async for ev in events`: `Started`, `Token`*, `Metrics`?, `End`."""
+
+    __slots__ = ("_receive", "_registry", "_tlog")
+
+    _PRODUCER = "the reader"
+
+    def __init__(
+        self,
+        state: TaskState,
+        receive: trio.MemoryReceiveChannel[list[Event]],
+        tlog: TaskLog,
+        registry: TaskRegistry,
+    ) -> None:
+        super().__init__(state)
+        self._receive = receive
+        self._tlog = tlog
+        self._registry = registry
+
+    def statistics(self) -> EventStreamStatistics:
+        buffered = 0 if self._closed else self._receive.statistics().current_buffer_used
+        return EventStreamStatistics(
+            buffered_batches=buffered,
+            tokens_delivered=self.tokens_delivered,
+            reader_done=self._state.done.is_set(),
+            attempts=self._state.attempts,
+            retry_refused=self._state.retry_refused,
+        )
 
     async def aclose(self) -> None:
         """Stop: the reader is cancelled (the upstream response closed), buffered events are
@@ -157,57 +277,25 @@ class EventStream:
         self._registry.discard(self._state)
         self._tlog.closed(self._delivered)
 
-    async def _refill(self) -> Event:
-        """Everything but the common case: a cancel, a checkpoint, the next batch, `End`."""
-        if self._finished:
-            raise StopAsyncIteration
-        if self._closed:
-            raise trio.ClosedResourceError(_LEFT)
-        state = self._state
-        if state.cancel_requested:
-            return await self._cancelled()
-        if self._pos < len(self._batch):
-            if (
-                self._pos >= self._limit
-                and self._pos > 0
-                and type(self._batch[self._pos]) is not End
-            ):
-                await trio.lowlevel.checkpoint()  # CHECKPOINT_EVERY events handed out
-                if state.cancel_requested:
-                    return await self._cancelled()
-        else:
-            self._delivered = self.tokens_delivered
-            try:
-                self._batch = await self._receive.receive()
-            except trio.EndOfChannel:
-                if state.cancel_requested:
-                    return await self._cancelled()
-                raise RuntimeError("the reader ended without an End event") from None  # a bug
-            except trio.ClosedResourceError:
-                raise trio.ClosedResourceError(_LEFT) from None
-            self._pos = 0
-            if state.cancel_requested:
-                return await self._cancelled()
-        batch, pos = self._batch, self._pos
-        last = len(batch) - 1 if type(batch[-1]) is End else len(batch)  # End: never fast
-        self._limit = min(last, pos + CHECKPOINT_EVERY)
-        event = batch[pos]
-        self._pos = pos + 1
-        if type(event) is End:
-            self._end()
-        return event
+    def _closed_message(self) -> str:
+        return _LEFT
 
-    async def _cancelled(self) -> End:
-        self._delivered = self.tokens_delivered
-        self._batch = []
-        self._pos = 0
+    async def _next_batch(self) -> list[Event]:
+        try:
+            return await self._receive.receive()
+        except trio.ClosedResourceError:
+            raise trio.ClosedResourceError(_LEFT) from None
+
+    async def _producer_stopped(self) -> None:
         state = self._state
         await state.done.wait()  # the reader has closed the upstream response, or handed it
         if state.draining is not None:  # to a drain after the upstream finished: close it now
             await state.draining.aclose_now()
-        self._end()
+
+    async def _cancelled(self) -> End:
+        end = await super()._cancelled()
         self._tlog.cancelled(self._delivered)
-        return End(task_id=self.task_id, reason="cancelled", tokens_out=self._delivered)
+        return end
 
     def _end(self) -> None:
         # The receive channel is closed when the `submit` block is left (`Submission`), not
@@ -315,16 +403,8 @@ class Submission:
             stream._close_nowait()  # cancels the reader, narrates, leaves the registry
         state.scope.cancel()
         try:
-            await cm.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            # The reader raises nothing of its own (every failure becomes an `End`), so a
-            # group holding only what the block raised is the nursery's wrapping: let the
-            # block's own exception (a user's error, an outer `Cancelled`) go on unchanged.
-            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                return False
-            raise
+            return await leave_nursery(cm, exc_type, exc, tb)
         finally:
             if self._receive is not None:
                 self._receive.close()
             self._registry.discard(state)
-        return None

@@ -178,6 +178,7 @@ class _Reader:
         while True:
             attempt += 1
             self.tlog.attempt = attempt
+            self.task.state.attempts = attempt  # `EventStream.statistics().attempts`
             try:
                 return await self._attempt(attempt)
             except _Failed as failed:
@@ -187,6 +188,7 @@ class _Reader:
                 if not error.retryable or attempt >= policy.max_attempts:
                     raise
                 if not self.endpoint.retry_budget.try_spend():
+                    self.task.state.retry_refused = True
                     self.tlog.warning(
                         f"attempt {attempt} failed ({error.kind.value}: {error.message});"
                         " the retry budget refused a retry",

@@ -14,9 +14,11 @@ from oai_adapter import (
     AdapterConfig,
     End,
     ErrorKind,
+    EventStreamStatistics,
     OpenAIAdapter,
     RetryBudget,
     RetryPolicy,
+    Started,
     TaskRequest,
 )
 from oai_adapter.testing import FakeUpstream, Fault, check_stream
@@ -145,3 +147,29 @@ async def test_adapters_given_one_budget_share_it(
     # one retry in the shared reserve (0.1/s × 10 s): the first task takes it, the second none
     assert len(upstream.completion_requests()) == 3
     assert budget.statistics().spent == 1
+
+
+async def test_stream_statistics_count_attempts_and_say_when_the_budget_refused_a_retry(
+    upstream: FakeUpstream, loopback_clock: MockClock
+) -> None:
+    # One retry in the reserve: the first task makes 2 attempts and is refused a third; the
+    # second is refused its first retry; the third is served at its first attempt.
+    upstream.script(*[Fault.status(503)] * 3)
+    policy = RetryPolicy(max_attempts=3, base=0.001, cap=0.002)
+    budget = RetryBudget(percent=0.0, window=10.0, min_per_s=0.1)
+    config = AdapterConfig(base_url=upstream.base_url, model=upstream.model, retry=policy)
+    seen: list[EventStreamStatistics] = []
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(config, retry_budget=budget) as adapter:
+            for i in range(2):
+                async with adapter.submit(TaskRequest(task_id=f"t{i}", prompt="hi")) as events:
+                    check_stream([ev async for ev in events])
+                    seen.append(events.statistics())
+            async with adapter.submit(TaskRequest(task_id="ok", prompt="hi")) as events:
+                evs = [ev async for ev in events]
+                check_stream(evs)
+                seen.append(events.statistics())
+    assert [(s.attempts, s.retry_refused) for s in seen] == [(2, True), (1, True), (1, False)]
+    started = evs[0]
+    assert isinstance(started, Started)
+    assert started.attempt == seen[-1].attempts

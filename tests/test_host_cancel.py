@@ -4,16 +4,28 @@ task is backing off or between replicas; counters come back to zero whatever the
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
+from loguru import logger
 from trio.testing import MockClock
 
 from oai_adapter import AdapterHost, End, RetryPolicy, Started, TaskRequest, Token
 from oai_adapter._events import Event
 from oai_adapter.testing import Fault, check_stream
 
-from .hostkit import DEADLINE, config, end_of, open_host, run, session_for, start_upstreams
+from .hostkit import (
+    DEADLINE,
+    config,
+    end_of,
+    open_host,
+    posts,
+    run,
+    session_for,
+    start_upstreams,
+)
 
 
 async def test_cancel_mid_stream_ends_cancelled_and_closes_the_upstream(
@@ -216,3 +228,60 @@ async def test_cancel_with_a_full_buffer_and_a_consumer_that_read_nothing(
             with pytest.raises(StopAsyncIteration):
                 await events.__anext__()
         assert host.statistics().pools["p"].replicas["r0"].running == 0
+
+
+async def test_cancel_between_two_replicas_ends_cancelled_without_placing_again(
+    nursery: trio.Nursery, loopback_clock: MockClock
+) -> None:
+    # r0 fails before `Started`; the cancel lands in the failover gap (from the narration of
+    # the failover: the task has left r0 and is not yet on r1). The next event is
+    # End(cancelled), and r1 never gets the request.
+    ups = await start_upstreams(nursery, 2)
+    ups[0].script(Fault.status(503), Fault.status(503))
+    session = session_for(["r0", "r1"], ["r0", "r1"])
+    answers: list[tuple[bool, bool]] = []
+    logger.enable("oai_adapter")
+
+    def cancel_on_failover(message: Any) -> None:
+        if message.record["extra"].get("action") == "failover":
+            task = host._pools["p"].tasks["t"]
+            answers.append((task.replica is None, host.cancel("p", "t")))
+
+    sink = logger.add(cancel_on_failover, level="DEBUG", format="{message}")
+    try:
+        with trio.fail_after(DEADLINE):
+            async with open_host(ups) as host:
+                seen = await run(host, TaskRequest(task_id="t", prompt="hi", session_id=session))
+                stats = host.statistics().pools["p"]
+    finally:
+        logger.remove(sink)
+        logger.disable("oai_adapter")
+    assert answers == [(True, True)]  # between replicas, and the cancel took
+    assert [type(ev) for ev in seen] == [End]
+    assert end_of(seen).reason == "cancelled"
+    assert posts(ups[1]) == 0
+    assert stats.running == 0
+    assert stats.replicas["r1"].running == 0
+
+
+async def test_host_cancel_closes_the_upstream_before_the_consumer_reads_on(
+    nursery: trio.Nursery, loopback_clock: MockClock
+) -> None:
+    # The serving replica's upstream sees the disconnect at once, not when the consumer next
+    # asks for an event (a consumer may be slow to come back).
+    (up,) = await start_upstreams(nursery, 1)
+    up.script(Fault.stall_after(2))
+    with trio.fail_after(DEADLINE):
+        async with open_host([up]) as host:
+            async with host.submit("p", TaskRequest(task_id="t", prompt="hi")) as events:
+                first = await events.__anext__()
+                assert isinstance(first, Started)
+                while up.streams_open == 0:
+                    await trio.testing.wait_all_tasks_blocked()
+                start = trio.current_time()
+                assert host.cancel("p", "t") is True
+                await up.disconnected.wait()  # before reading any further event
+                assert trio.current_time() == start  # at once, not at the idle timeout
+                rest = [ev async for ev in events]
+            assert host.statistics().pools["p"].replicas["r0"].running == 0
+    assert end_of(rest).reason == "cancelled"

@@ -73,6 +73,37 @@ async def test_rebind_new_adapter_takes_new_tasks_while_the_old_drains(
     assert (posts(old), posts(new)) == (1, 1)
 
 
+@pytest.mark.parametrize("drain", [True, False])
+async def test_unbind_of_the_last_replica_the_moment_after_submit_finds_the_task_placed(
+    nursery: trio.Nursery, loopback_clock: MockClock, drain: bool
+) -> None:
+    # The task is placed while entering `submit`, before its driver runs: the unbind that
+    # follows at once treats it as running there (drains it, or ends it as unbound), never as
+    # a task of a pool with no replica bound.
+    (up,) = await start_upstreams(nursery, 1)
+    seen: list[Event] = []
+
+    async def consume(events: Any) -> None:
+        seen.extend([ev async for ev in events])
+
+    with trio.fail_after(DEADLINE):
+        async with open_host([up]) as host:
+            async with host.submit("p", TaskRequest(task_id="t", prompt="hi")) as events:
+                assert host.statistics().pools["p"].replicas["r0"].running == 1
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(consume, events)
+                    await host.unbind("p", "r0", drain=drain)  # no checkpoint before this
+    end = check_stream(seen)
+    if drain:
+        assert end.reason == "stop"
+        assert isinstance(seen[0], Started)
+        assert seen[0].replica_id == "r0"
+    else:
+        assert end.error is not None
+        assert end.error.kind is ErrorKind.POOL_UNAVAILABLE
+        assert "r0 was unbound" in end.error.message
+
+
 @pytest.mark.parametrize("how", ["unbind", "rebind"])
 async def test_drain_timeout_ends_a_started_task_with_pool_unavailable(
     nursery: trio.Nursery, loopback_clock: MockClock, how: str

@@ -19,7 +19,7 @@ from oai_adapter import (
     TaskRequest,
     Timeouts,
 )
-from oai_adapter.testing import Fault
+from oai_adapter.testing import FakeUpstream, Fault, Plan, Sleep
 
 from .hostkit import DEADLINE, POLICY, config, end_of, open_host, run, session_for, start_upstreams
 
@@ -246,3 +246,58 @@ async def test_engine_version_is_probed_again_when_health_changes(
     assert at_bind == 1
     assert steady == 1
     assert after == 3
+
+
+class SlowProbes(FakeUpstream):
+    """Answers its probes (GETs) `probe_delay` seconds late."""
+
+    probe_delay = 0.0
+
+    def answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, *, at: float
+    ) -> Plan:
+        plan = super().answer(method, path, headers, body, at=at)
+        if method != "GET" or not self.probe_delay:
+            return plan
+        return dataclasses.replace(plan, before=(Sleep(self.probe_delay), *plan.before))
+
+
+@pytest.mark.parametrize(("delay", "ready"), [(3.0, True), (8.0, False)])
+async def test_background_probe_round_is_bounded_by_max_of_connect_and_probe_interval(
+    nursery: trio.Nursery, loopback_clock: MockClock, delay: float, ready: bool
+) -> None:
+    # connect 1 s, probe_interval 4 s: a round may take 4 s. A probe answering in 3 s keeps the
+    # replica ready (a round bounded by `connect` alone would not); one answering in 8 s makes it
+    # not ready when the round's 4 s are up (an unbounded round would still be waiting).
+    up = SlowProbes()
+    await nursery.start(up.serve)
+    policy = dataclasses.replace(POLICY, probe_interval=4.0)
+    timeouts = Timeouts(connect=1.0, first_token=5.0, idle=10.0, total=60.0)
+    with trio.fail_after(DEADLINE):
+        async with open_host([up], policy, timeouts=timeouts) as host:
+            up.probe_delay = delay
+            await trio.sleep(8.5)  # the first background round started at 4 s
+            assert host.capabilities()["p"].replicas_ready == (1 if ready else 0)
+            health = await host.health("p")  # probes now, bounded the same way
+    assert health.ready is ready
+    if not ready:
+        assert "no probe answer within 4 s" in health.detail
+
+
+async def test_a_probe_round_asks_health_props_and_engine_version_concurrently(
+    nursery: trio.Nursery, loopback_clock: MockClock
+) -> None:
+    # Every probe GET answers 1.5 s late (each probe makes one or two GETs) and the first probe
+    # may take 4 s (connect): only asked together do health, props and engine_version all come
+    # back within it.
+    up = SlowProbes()
+    up.probe_delay = 1.5
+    await nursery.start(up.serve)
+    timeouts = Timeouts(connect=4.0, first_token=5.0, idle=10.0, total=60.0)
+    with trio.fail_after(DEADLINE):
+        async with open_host([up], timeouts=timeouts) as host:
+            caps = host.capabilities()["p"]
+            up.probe_delay = 0.0
+    assert caps.replicas_ready == 1
+    assert caps.slots_total == up.slots
+    assert caps.engines == ("llama.cpp b1-0c1e570",)

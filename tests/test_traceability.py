@@ -29,14 +29,17 @@ REQUIREMENTS = [
 ]
 
 _ROW = re.compile(r"^\|\s*(OC-ADAPT-OAI-\d{4})\s*\|(.*)\|\s*$")
+#: A row of the "HOST.md → tests" section: one statement of HOST.md, no markers.
+_HOST_ROW = re.compile(r"^\|\s*(HOST-\d+)\s*\|(.*)\|\s*$")
 _NODE = re.compile(r"`(tests/[\w/]+\.py)::([\w]+(?:::[\w]+)?)(?:\[[^\]`]*\])?`")
 
 
-def parse_table(text: str) -> dict[str, tuple[list[str], str]]:
-    """requirement → (node ids listed, the raw tests cell)."""
+def parse_table(text: str, row: re.Pattern[str] = _ROW) -> dict[str, tuple[list[str], str]]:
+    """requirement (or HOST.md statement, with `_HOST_ROW`) → (node ids listed, the raw tests
+    cell)."""
     rows: dict[str, tuple[list[str], str]] = {}
     for line in text.splitlines():
-        if m := _ROW.match(line):
+        if m := row.match(line):
             cells = m.group(2).split("|")
             tests_cell = cells[-1]
             ids = [f"{f}::{n}" for f, n in _NODE.findall(tests_cell)]
@@ -167,6 +170,51 @@ def check(table_text: str, root: Path) -> list[str]:
                         f" append <br>`{node_id}` to the {requirement} row of {TABLE}"
                     )
     return problems
+
+
+def host_problems(table_text: str, root: Path) -> list[str]:
+    """The HOST.md rows: numbered HOST-1… once each, each listing tests that exist."""
+    rows = parse_table(table_text, _HOST_ROW)
+    lines = [line for line in table_text.splitlines() if _HOST_ROW.match(line)]
+    problems = []
+    if list(rows) != [f"HOST-{i}" for i in range(1, len(lines) + 1)]:
+        problems.append(f"{TABLE}: the HOST rows are not numbered HOST-1… in order, once each")
+    for statement, (ids, cell) in rows.items():
+        if not ids and not cell.startswith("pending:"):
+            problems.append(f'{TABLE}: the {statement} row lists no test and says no "pending:"')
+        for node_id in ids:
+            file, name = node_id.split("::", 1)
+            path = root / file
+            if not path.is_file() or name not in read_tests(path, file).tests:
+                problems.append(f"{TABLE} lists `{node_id}` under {statement}: no such test")
+    return problems
+
+
+def test_every_host_statement_lists_tests_that_exist() -> None:
+    text = (ROOT / TABLE).read_text()
+    assert parse_table(text, _HOST_ROW)
+    problems = host_problems(text, ROOT)
+    assert not problems, "\n" + "\n".join(problems)
+
+
+def test_the_host_checker_reports_a_missing_test_an_empty_row_and_a_bad_number(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("def test_real(): ...\n")
+    table = (
+        "| HOST-1 | a | `tests/test_x.py::test_real`<br>`tests/test_x.py::test_gone` |\n"
+        "| HOST-2 | b | |\n"
+        "| HOST-2 | c | pending: later |\n"
+    )
+    assert host_problems(table, tmp_path) == [
+        f"{TABLE}: the HOST rows are not numbered HOST-1… in order, once each",
+        f"{TABLE} lists `tests/test_x.py::test_gone` under HOST-1: no such test",
+    ]
+    assert (
+        host_problems(table.replace("| HOST-2 | c | pending: later |\n", ""), tmp_path)[-1]
+        == f'{TABLE}: the HOST-2 row lists no test and says no "pending:"'
+    )
 
 
 def test_every_requirement_has_a_row() -> None:

@@ -29,10 +29,11 @@ from oai_adapter._cli._stats import percentile as percentile  # noqa: E402
 
 
 @contextmanager
-def upstream_process() -> Iterator[int]:
-    """`sse_server.py` in its own process; yields its port."""
+def upstream_process(cpu: int | None = None) -> Iterator[int]:
+    """`sse_server.py` in its own process (pinned to `cpu` when given); yields its port."""
+    pin = [] if cpu is None else ["--cpu", str(cpu)]
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "sse_server.py")],
+        [sys.executable, os.path.join(HERE, "sse_server.py"), *pin],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -78,6 +79,29 @@ class Summary:
 
 def summarize(values: Sequence[float]) -> Summary:
     return Summary(statistics.median(values), min(values), max(values), len(values))
+
+
+def split_cpus() -> tuple[int | None, int | None]:
+    """(server CPU, client CPU): two different CPUs of those this process may use, or
+    (None, None) where there is one CPU or no affinity call (the programs then do not pin)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[-1]) if len(cpus) >= 2 else (None, None)
+
+
+def pin_to(cpu: int | None) -> None:
+    """Run this process on `cpu` only (no-op for None)."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, as `uptime` prints them."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
 
 
 def rss_kib() -> int:

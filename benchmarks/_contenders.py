@@ -8,6 +8,13 @@
   without leaving httpx2.
 - `raw_*`: a raw socket and a hand-written request, counting event frames (`\\n\\n`) without
   parsing them: proves the upstream is not what limits the others.
+- `h11_*` (the decode-step benchmark): trio streams + h11 + the floor's line split and decode,
+  no pool — alone (`h11_stream`), and in the design's shape at its leanest (`h11_task_stream`:
+  a per-stream nursery, a reader task with one deadline scope whose deadline moves, a bounded
+  memory channel carrying one batch per read): the floor any client of this design can reach.
+
+`on_text(text)`, where taken, is called with each token's text (`str`, or `bytes` for the raw
+clients), for probes that read what the upstream wrote into it.
 
 Each returns what it measured; the programs time them and take medians.
 """
@@ -56,7 +63,9 @@ class _FChunk(msgspec.Struct, gc=False):
 _floor_decoder = msgspec.json.Decoder(_FChunk)
 
 
-async def floor_stream(client: Any, url: str, body: bytes, on_token: Any = None) -> int:
+async def floor_stream(
+    client: Any, url: str, body: bytes, on_token: Any = None, on_text: Any = None
+) -> int:
     """Tokens read. `on_token(i)` is called for each, when given (timing probes)."""
     decode = _floor_decoder.decode
     tokens = 0
@@ -73,8 +82,24 @@ async def floor_stream(client: Any, url: str, body: bytes, on_token: Any = None)
                     if choices and (delta := choices[0].delta) is not None and delta.content:
                         if on_token is not None:
                             on_token(tokens)
+                        elif on_text is not None:
+                            on_text(delta.content)
                         tokens += 1
     return tokens
+
+
+def floor_texts(rest: bytes, chunk: bytes) -> tuple[bytes, list[str]]:
+    """The floor's loop over one read, for the h11 clients: (the unfinished line, the texts)."""
+    decode = _floor_decoder.decode
+    lines = (rest + chunk if rest else chunk).split(b"\n")
+    rest = lines.pop()
+    texts = []
+    for line in lines:
+        if line[:6] == b"data: " and line[6:7] == b"{":
+            choices = decode(line[6:]).choices
+            if choices and (delta := choices[0].delta) is not None and delta.content:
+                texts.append(delta.content)
+    return rest, texts
 
 
 def floor_client(max_connections: int = 100) -> Any:
@@ -109,7 +134,12 @@ def adapter_config(port: int, prefix: str = "", max_connections: int = 100, **kw
 
 
 async def adapter_stream(
-    adapter: Any, task_id: str, n: int, on_token: Any = None, extra: Any = None
+    adapter: Any,
+    task_id: str,
+    n: int,
+    on_token: Any = None,
+    extra: Any = None,
+    on_text: Any = None,
 ) -> int:
     from oai_adapter import End, TaskRequest, Token
 
@@ -120,6 +150,8 @@ async def adapter_stream(
             if type(ev) is Token:
                 if on_token is not None:
                     on_token(tokens)
+                elif on_text is not None:
+                    on_text(ev.text)
                 tokens += 1
             elif type(ev) is End:
                 if ev.reason not in ("stop", "length"):
@@ -149,7 +181,9 @@ def sdk_client(port: int, prefix: str = "", max_connections: int = 100) -> Any:
     )
 
 
-async def sdk_stream(client: Any, n: int, on_token: Any = None, extra: Any = None) -> int:
+async def sdk_stream(
+    client: Any, n: int, on_token: Any = None, extra: Any = None, on_text: Any = None
+) -> int:
     tokens = 0
     stream = await client.chat.completions.create(
         model=MODEL,
@@ -161,9 +195,11 @@ async def sdk_stream(client: Any, n: int, on_token: Any = None, extra: Any = Non
     )
     async with stream:
         async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if chunk.choices and (text := chunk.choices[0].delta.content):
                 if on_token is not None:
                     on_token(tokens)
+                elif on_text is not None:
+                    on_text(text)
                 tokens += 1
     return tokens
 
@@ -251,3 +287,150 @@ def raw_concurrent(
     sel.close()
     ttft = [first[i] - started for i in first]
     return {"wall": wall, "ttft": ttft, "sockets": socks if hold else []}
+
+
+async def raw_trio_stream(port: int, path: str, body: bytes, on_text: Any) -> int:
+    """One stream on a trio socket stream: the tokens' texts found in the bytes (`"content":"…"`),
+    no HTTP parsing (the chunked framing is skipped over, not decoded)."""
+    import trio
+
+    marker = b'"content":"'
+    keep = len(marker) - 1  # a tail this short cannot hold a whole marker: nothing is seen twice
+    tokens = 0
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw_request(port, body, path))
+        tail = b""
+        while True:
+            data = await stream.receive_some(1 << 16)
+            if not data:
+                return tokens
+            buf = tail + data if tail else data
+            tail = buf[-keep:]
+            start = 0
+            while (i := buf.find(marker, start)) >= 0:
+                j = buf.find(b'"', i + len(marker))
+                if j < 0:
+                    tail = buf[i:]
+                    break
+                if j > i + len(marker):
+                    on_text(buf[i + len(marker) : j])
+                    tokens += 1
+                start = j
+            if b"data: [DONE]" in buf:
+                return tokens
+
+
+class H11Reader:
+    """One HTTP/1.1 request on its own trio connection, read with h11 (no pool): `open()`, then
+    `next_texts()` per network read."""
+
+    __slots__ = ("_conn", "_rest", "_stream", "body", "path", "port")
+
+    def __init__(self, port: int, path: str, body: bytes) -> None:
+        self.port, self.path, self.body = port, path, body
+        self._stream: Any = None
+        self._conn: Any = None
+        self._rest: bytes | None = b""  # None once the body has ended
+
+    async def open(self) -> None:
+        import h11
+        import trio
+
+        self._stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        self._conn = conn = h11.Connection(h11.CLIENT)
+        headers = [
+            ("host", f"127.0.0.1:{self.port}"),
+            ("content-type", "application/json"),
+            ("content-length", str(len(self.body))),
+        ]
+        await self._stream.send_all(
+            conn.send(h11.Request(method="POST", target=self.path, headers=headers))
+            + conn.send(h11.Data(data=self.body))
+            + conn.send(h11.EndOfMessage())
+        )
+
+    async def next_texts(self) -> list[str] | None:
+        """The token texts of the next network read ([] for none), None at the body's end."""
+        import h11
+
+        conn = self._conn
+        texts: list[str] = []
+        if self._rest is None:
+            return None  # ended
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                if texts:
+                    return texts
+                conn.receive_data(await self._stream.receive_some(1 << 16))
+                continue
+            if type(event) is h11.Data:
+                self._rest, more = floor_texts(self._rest or b"", event.data)
+                texts += more
+            else:  # the response's head, an interim response; or its end
+                if type(event) is h11.EndOfMessage or event is h11.PAUSED:
+                    self._rest = None
+                    return texts or None
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
+async def h11_stream(port: int, path: str, body: bytes, on_text: Any) -> int:
+    """trio + h11 + the floor's line split and decode, in the caller's task."""
+    tokens = 0
+    reader = H11Reader(port, path, body)
+    try:
+        await reader.open()
+        while (texts := await reader.next_texts()) is not None:
+            for text in texts:
+                on_text(text)
+            tokens += len(texts)
+    finally:
+        await reader.aclose()
+    return tokens
+
+
+async def h11_task_stream(
+    port: int, path: str, body: bytes, on_text: Any, idle: float = 120.0
+) -> int:
+    """`h11_stream` in the design's shape at its leanest: a nursery per stream, the reader in
+    its own task under one cancel scope whose deadline moves with every read (the idle
+    timeout), one batch per read over a bounded memory channel (16 batches, as the adapter)."""
+    import trio
+
+    send, receive = trio.open_memory_channel[list[str]](16)
+    tokens = 0
+
+    async def read(send: trio.MemorySendChannel[list[str]]) -> None:
+        reader = H11Reader(port, path, body)
+        try:
+            async with send:
+                with trio.CancelScope() as scope:
+                    await reader.open()
+                    while True:
+                        scope.deadline = trio.current_time() + idle
+                        texts = await reader.next_texts()
+                        if texts is None:
+                            return
+                        if texts:
+                            try:
+                                send.send_nowait(texts)
+                            except trio.WouldBlock:
+                                await send.send(texts)
+                if scope.cancelled_caught:
+                    raise TimeoutError("idle timeout")
+        finally:
+            with trio.move_on_after(1.0, shield=True):
+                await reader.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read, send)
+        async with receive:
+            async for batch in receive:
+                for text in batch:
+                    on_text(text)
+                tokens += len(batch)
+    return tokens

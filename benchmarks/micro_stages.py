@@ -130,8 +130,8 @@ def main() -> None:
         task_id = "t-1"
         done = None
 
-    class _Adapter:
-        def _unregister(self, state: object) -> None:
+    class _Registry:  # what EventStream calls on a TaskRegistry
+        def discard(self, state: object) -> None:
             pass
 
     class _Log:
@@ -143,7 +143,7 @@ def main() -> None:
     def channel() -> None:
         async def run() -> None:
             send, receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
-            stream = EventStream(_Adapter(), _State(), receive, _Log())  # type: ignore[arg-type]
+            stream = EventStream(_State(), receive, _Log(), _Registry())  # type: ignore[arg-type]
 
             async def producer() -> None:
                 async with send:
@@ -186,7 +186,7 @@ def main() -> None:
     def pipeline() -> None:
         async def run() -> None:
             send, receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
-            stream = EventStream(_Adapter(), _State(), receive, _Log())  # type: ignore[arg-type]
+            stream = EventStream(_State(), receive, _Log(), _Registry())  # type: ignore[arg-type]
 
             async def producer() -> None:
                 dec, m = SSEDecoder(), ChatMapper("t-1")

@@ -14,8 +14,15 @@ Paths (the adapter's `base_url` picks the mode, the SDK's `base_url` likewise):
   /bulk/v1/chat/completions    the whole body at once, and the close time is recorded
   /drip/v1/chat/completions    one event per millisecond (`pace_ms` in the JSON body overrides)
                                until the client closes; the close time is recorded
+  /paced/v1/chat/completions   decode steps, as batching servers (vLLM, SGLang, llama.cpp) emit
+                               them: every `pace_ms` (default 25) one ticker writes one token event
+                               to every open paced stream, each its own write and its own chunk of
+                               a chunked body; the token's text is the server's `time.monotonic()`
+                               at that write ("%.6f"), so a client measures delivery latency on the
+                               same clock. After `max_tokens` tokens: finish, usage, `[DONE]`.
   GET /stats                   JSON: {"closes": {correlation_id: monotonic seconds}, ...}
 Times are `time.monotonic()`, the system-wide CLOCK_MONOTONIC, so another process can compare.
+`--cpu N` pins the server to CPU N (the benchmarks pin their clients to another one).
 """
 
 from __future__ import annotations
@@ -50,6 +57,77 @@ _HEAD = (
 )
 
 
+_HEAD_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"content-type: text/event-stream\r\n"
+    b"cache-control: no-cache\r\n"
+    b"x-request-id: req-bench\r\n"
+    b"server: bench-sse\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_ROLE_EVENT = sse(chat_chunk("", role=True, model="bench-model"))
+_TS_MARK = "@ts@"
+_TOKEN_HEAD, _TOKEN_TAIL = sse(chat_chunk(_TS_MARK, model="bench-model")).split(_TS_MARK.encode())
+#: The last write of a paced stream: finish, usage, `[DONE]` and the chunked terminator.
+_PACED_END = (
+    _chunk(
+        sse(chat_chunk(None, finish="stop", model="bench-model"))
+        + sse(chat_chunk(model="bench-model", usage=(8, 1), empty_choices=True))
+        + b"data: [DONE]\n\n"
+    )
+    + b"0\r\n\r\n"
+)
+
+
+def paced_token(now: float) -> bytes:
+    """One decode step's write to one stream: a chunk holding one token event whose text is
+    `now` (the server's monotonic clock)."""
+    return _chunk(_TOKEN_HEAD + b"%.6f" % now + _TOKEN_TAIL)
+
+
+class Pacer:
+    """One ticker per step: every `step` seconds, one token write to each of its streams."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.streams: dict[Conn, None] = {}  # in arrival order
+        self.running = False
+        self.next_at = 0.0
+
+    def add(self, conn: Conn) -> None:
+        self.streams[conn] = None
+        if not self.running:
+            self.running = True
+            loop = asyncio.get_running_loop()
+            self.next_at = loop.time() + self.step
+            loop.call_at(self.next_at, self.tick)
+
+    def tick(self) -> None:
+        monotonic = time.monotonic
+        for conn in list(self.streams):
+            if conn.closed:
+                del self.streams[conn]
+                continue
+            conn.transport.write(paced_token(monotonic()))
+            conn.remaining -= 1
+            if conn.remaining <= 0:
+                conn.transport.write(_PACED_END)
+                del self.streams[conn]
+        if not self.streams:
+            self.running = False
+            return
+        loop = asyncio.get_running_loop()
+        # The next step on the fixed grid; a server that fell behind does not burst to catch up.
+        self.next_at = max(self.next_at + self.step, loop.time())
+        loop.call_at(self.next_at, self.tick)
+
+
 class _Req(msgspec.Struct):
     max_tokens: int | None = None
     pace_ms: float | None = None
@@ -79,6 +157,7 @@ def render_body(n: int) -> bytes:
 class Server:
     def __init__(self) -> None:
         self.bodies: dict[int, bytes] = {}
+        self.pacers: dict[float, Pacer] = {}
         self.events: dict[int, list[bytes]] = {}
         self.closes: dict[str, float] = {}
         self.requests = 0
@@ -104,6 +183,7 @@ class Conn(asyncio.Protocol):
         self.tracked: str | None = None  # correlation id of a drip/hold response
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.remaining = 0  # tokens left to write on a paced stream
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -149,9 +229,18 @@ class Conn(asyncio.Protocol):
             full = srv.body(n)
             self.transport.write(_HEAD % len(full) + full)
             return
+        self.tracked = headers.get("x-correlation-id", f"conn-{id(self)}")
+        if path.startswith("/paced/"):
+            step = (req.pace_ms if req.pace_ms is not None else 25.0) / 1000.0
+            pacer = srv.pacers.get(step)
+            if pacer is None:
+                pacer = srv.pacers[step] = Pacer(step)
+            self.remaining = n
+            self.transport.write(_HEAD_CHUNKED + _chunk(_ROLE_EVENT))
+            pacer.add(self)
+            return
         events = srv.event_list(n)
         total = sum(len(e) for e in events)
-        self.tracked = headers.get("x-correlation-id", f"conn-{id(self)}")
         if path.startswith("/bulk/"):
             self.transport.write(_HEAD % total + b"".join(events))
             return
@@ -210,7 +299,10 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cpu", type=int, help="pin the server to this CPU")
     args = parser.parse_args()
+    if args.cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})
     try:
         asyncio.run(main(args.port))
     except KeyboardInterrupt:

@@ -9,9 +9,11 @@ never followed, and a proxy only when the config names one
 sent. The API key is read in one place: `_auth_header()`.
 
 HTTP/2 (`http2=True`) goes through our own transport, `_h2transport.H2Transport`, because
-httpcore2's sends no RST_STREAM when a stream is closed early (docs/http2.md); HTTP/1.1 stays
-on httpx2's pool. Through a configured proxy the client speaks HTTP/1.1 (our transport does no
-CONNECT tunnelling, and httpcore2's HTTP/2 would not cancel). The client is entered
+httpcore2's sends no RST_STREAM when a stream is closed early (docs/http2.md); HTTP/1.1 through
+our own `_h11transport.H11Transport`, whose body reads skip httpx2's and httpcore2's per-read
+layers (docs/performance.md, the decode-step regime). Through a configured proxy the client
+speaks HTTP/1.1 on httpx2's own transport (ours do no CONNECT tunnelling, and httpcore2's
+HTTP/2 would not cancel). The client is entered
 (`open()`), so that the transport's connection tasks live in a nursery of the adapter's block.
 
 Timeouts: httpx2 bounds connect (`Timeouts.connect`) and each write; reads are bounded by the
@@ -40,7 +42,7 @@ of a LiteLLM proxy with hundreds of models is ~100 KiB.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -53,6 +55,7 @@ from ._config import AdapterConfig, dropped_credential
 from ._errors import ErrorKind, make_error
 from ._h2transport import ALPN as H2_ALPN
 from ._h2transport import H2Transport
+from ._h11transport import BODY_EXTENSION, H11Body, H11Transport
 from ._log import log
 from ._tls import build_ssl_context, shared_ssl_context
 from ._transport import CLOSE_GRACE, ClosingTransport
@@ -130,17 +133,27 @@ class Upstream:
                 connect_timeout=config.timeouts.connect,
                 write_timeout=config.timeouts.idle,
                 max_streams=config.max_connections,
-                http1=ClosingTransport(  # for a TLS origin that picks HTTP/1.1 in ALPN
-                    verify=shared_ssl_context(config.ca_bundle),
-                    http1=True,
-                    http2=False,
-                    limits=limits,
-                    trust_env=False,
+                http1=H11Transport(  # for a TLS origin that picks HTTP/1.1 in ALPN
+                    ssl_context=shared_ssl_context(config.ca_bundle),
+                    connect_timeout=config.timeouts.connect,
+                    write_timeout=config.timeouts.idle,
+                    max_connections=config.max_connections,
+                    max_keepalive=min(config.max_connections, MAX_KEEPALIVE),
+                    keepalive_expiry=30.0,
                 ),
             )
+        elif transport is None and config.proxy is None:
+            transport = H11Transport(
+                ssl_context=shared_ssl_context(config.ca_bundle),
+                connect_timeout=config.timeouts.connect,
+                write_timeout=config.timeouts.idle,
+                max_connections=config.max_connections,
+                max_keepalive=min(config.max_connections, MAX_KEEPALIVE),
+                keepalive_expiry=30.0,
+            )
         elif transport is None:
-            # HTTP/1.1, also for http2=True through a proxy: our HTTP/2 transport has no
-            # CONNECT tunnel, and httpcore2's HTTP/2 sends no RST_STREAM (docs/http2.md).
+            # Through a proxy (also for http2=True): httpx2's own HTTP/1.1, since our transports
+            # do no CONNECT tunnel and httpcore2's HTTP/2 sends no RST_STREAM (docs/http2.md).
             transport = ClosingTransport(
                 verify=shared_ssl_context(config.ca_bundle),
                 http1=True,
@@ -197,7 +210,10 @@ class Upstream:
         says (our HTTP/1.1 and HTTP/2 transports do; a transport given by the caller may not)."""
         connections = idle = None
         transport = self.transport
-        if isinstance(transport, ClosingTransport):
+        if isinstance(transport, H11Transport):
+            stats = transport.statistics()
+            connections, idle = stats.connections, stats.idle
+        elif isinstance(transport, ClosingTransport):
             connections, idle = transport.pool_statistics()
         elif isinstance(transport, H2Transport):
             connections = transport.statistics().connections
@@ -361,16 +377,18 @@ class UpstreamResponse:
     whether the stream had started."""
 
     __slots__ = (
+        "_body",
         "_chunks",
         "_closed",
         "_drain_scope",
+        "_ended",
         "_next",
         "_response",
         "_upstream",
-        "ended",
         "headers",
         "http_version",
         "keep",
+        "receive",
         "released",
         "request_id",
         "status",
@@ -386,19 +404,39 @@ class UpstreamResponse:
         self.headers = response.headers
         self.http_version = http_version(response)
         self.request_id = request_id(response.headers)
-        self._chunks = chunks = response.aiter_raw()
-        self._next = chunks.__anext__
-        self.ended = False  # the body was read to its end
+        body = response.extensions.get(BODY_EXTENSION)
+        self._body: H11Body | None = body
+        self._chunks: AsyncIterator[bytes] | None = None
+        #: `await resp.receive()`: the body bytes of the next network read, `b""` at its end.
+        #: Over our HTTP/1.1 transport it is the transport's own read (no httpx2 layers).
+        self.receive: Callable[[], Awaitable[bytes]]
+        if body is not None:
+            self.receive = body.receive_some
+        else:
+            self._chunks = chunks = response.aiter_raw()
+            self._next = chunks.__anext__
+            self.receive = self._receive_iterated
+        self._ended = False
         self.keep = False  # drain when the block is left: `keep_connection(in_background=False)`
         self.released = False  # handed to a background drain: `keep_connection()`
 
-    async def next_chunk(self) -> bytes | None:
-        """The next network read of the body, `None` at its end."""
+    @property
+    def ended(self) -> bool:
+        """The body was read to its end (over our HTTP/1.1 transport: its end was parsed,
+        possibly with the last bytes `receive()` returned)."""
+        body = self._body
+        return body.complete if body is not None else self._ended
+
+    async def _receive_iterated(self) -> bytes:
         try:
             return await self._next()
         except StopAsyncIteration:
-            self.ended = True
-            return None
+            self._ended = True
+            return b""
+
+    async def next_chunk(self) -> bytes | None:
+        """The next network read of the body, `None` at its end."""
+        return await self.receive() or None
 
     def __aiter__(self) -> UpstreamResponse:
         return self
@@ -468,7 +506,8 @@ class UpstreamResponse:
         """Close the body's reader and the response, shielded and bounded by `CLOSE_GRACE`."""
         with trio.move_on_after(CLOSE_GRACE, shield=True):
             try:
-                await self._chunks.aclose()
+                if self._chunks is not None:
+                    await self._chunks.aclose()  # type: ignore[attr-defined]
                 await self._response.aclose()
             except (httpx2.HTTPError, OSError):
                 pass

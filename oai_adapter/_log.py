@@ -184,7 +184,7 @@ class TaskLog:
     """
 
     __slots__ = (
-        "_log",
+        "_fixed",
         "_over",
         "_started_at",
         "_telemetry",
@@ -202,7 +202,9 @@ class TaskLog:
         telemetry: TaskTelemetry | None = None,
         **fixed: Any,
     ) -> None:
-        self._log = log.bind(queue_position=None, predicted_start_ms=None, **fixed)
+        # The fixed fields, bound into a logger only when a record is written: a bound loguru
+        # logger per open task would cost ~0.5 KB each (docs/performance.md, memory).
+        self._fixed = fixed
         self._started_at = started_at
         self._telemetry = telemetry
         self._over = False
@@ -214,6 +216,9 @@ class TaskLog:
 
     def _fields(self) -> dict[str, Any]:
         return {
+            "queue_position": None,
+            "predicted_start_ms": None,
+            **self._fixed,
             "attempt": self.attempt,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
@@ -228,7 +233,7 @@ class TaskLog:
     # "oai_adapter", which is what `logger.enable`/`disable` match.
 
     def _write(self, level: str, message: str, extra: dict[str, Any]) -> None:
-        self._log.bind(**self._fields(), **extra).opt(depth=2).log(level, message)
+        log.bind(**self._fields(), **extra).opt(depth=2).log(level, message)
 
     def debug(self, message: str, **extra: Any) -> None:
         self._write("DEBUG", message, extra)
@@ -322,7 +327,7 @@ class TaskLog:
             try:
                 telemetry.end(outcome)
             except Exception as exc:  # a broken exporter must not break the task
-                self._log.bind(**self._fields()).opt(exception=exc).warning(
+                log.bind(**self._fields()).opt(exception=exc).warning(
                     "telemetry failed to record the end of the task"
                 )
 

@@ -111,6 +111,7 @@ async def run_task(endpoint: Endpoint, task: Task) -> None:
 class _Reader:
     __slots__ = (
         "_first_deadline",
+        "_first_token_read",
         "_pending",
         "config",
         "decoder",
@@ -143,6 +144,7 @@ class _Reader:
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
         self.last_token_at: float | None = None
         self._first_deadline = 0.0
+        self._first_token_read = False  # the read waiting now has the first-token deadline
         self.retry_cause: WorkerError | None = None  # set while waiting to retry
         self._pending: list[SSEEvent] = []  # read with the first event, mapped after Started
 
@@ -226,18 +228,19 @@ class _Reader:
         first_deadline = sent_at + timeouts.first_token
         self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
         error: WorkerError | None = None
-        # The first-token deadline bounds the send, the headers and the first event; it is
-        # lifted once the stream is accepted (the stream's reads carry their own deadlines).
-        with trio.CancelScope(deadline=first_deadline) as first_scope:
+        # The first-token deadline bounds the send, the headers and the first event; once the
+        # stream is accepted the same scope carries the stream's read deadlines (`_stream`):
+        # one scope per attempt, not one per read.
+        with trio.CancelScope(deadline=first_deadline) as deadline_scope:
             try:
                 async with endpoint.upstream.open_stream(
                     endpoint.url, json=self.task.body, headers=self.task.headers
                 ) as resp:
                     out = await self._accept(resp, first_deadline)
-                    first_scope.deadline = math.inf
+                    deadline_scope.deadline = math.inf
                     await self._start(resp, attempt, first_deadline, out)
                     try:
-                        await self._stream(resp)
+                        await self._stream(resp, deadline_scope)
                     except _Failed as failed:
                         error = failed.error
                     if self.mapper.done:
@@ -254,7 +257,9 @@ class _Reader:
             except (httpx2.HTTPError, OSError) as exc:
                 error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
                 raise _Failed(error) from exc
-        if first_scope.cancelled_caught:
+        if deadline_scope.cancelled_caught and self.started is not None:
+            raise _Failed(self._read_timeout(self._first_token_read))  # a read deadline
+        if deadline_scope.cancelled_caught:
             raise _Failed(
                 make_error(
                     ErrorKind.DECODE_TIMEOUT,
@@ -353,30 +358,62 @@ class _Reader:
         # read) now, before this task goes on to read, drain or finish: time to first token.
         await trio.lowlevel.checkpoint()
 
-    async def _stream(self, resp: UpstreamResponse) -> None:
-        """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`."""
+    async def _stream(self, resp: UpstreamResponse, deadline_scope: trio.CancelScope) -> None:
+        """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`.
+
+        The hot loop: one network read (`resp.receive()`, the transport's own read over
+        HTTP/1.1), straight into the SSE decoder and the mapper, one batch to the channel. The
+        attempt's `deadline_scope` carries the read deadline (first token or idle), moved
+        before each read; it is lifted while a full channel blocks the send, since a slow
+        consumer is backpressure, not upstream silence. When it fires, the attempt raises the
+        timeout (`_first_token_read` says which)."""
         idle = self.config.timeouts.idle
         mapper = self.mapper
-        last_event = trio.current_time()
-        while not mapper.done:
-            deadline = last_event + idle
-            first_token = not self.output_seen and self._first_deadline <= deadline
-            chunk = await self._next_chunk(
-                resp, self._first_deadline if first_token else deadline, first_token
-            )
-            out: list[Event] = []
-            if chunk is None:
-                self._feed_eof(out)
+        receive = resp.receive
+        feed = self.decoder.feed
+        send = self.send
+        first_deadline = self._first_deadline
+        try:
+            last_event = trio.current_time()
+            while not mapper.done:
+                deadline = last_event + idle
+                if not self.output_seen and first_deadline <= deadline:
+                    self._first_token_read = True
+                    deadline_scope.deadline = first_deadline
+                else:
+                    self._first_token_read = False
+                    deadline_scope.deadline = deadline
+                try:
+                    chunk = await receive()
+                except (httpx2.HTTPError, OSError) as exc:
+                    raise _Failed(error_from_transport(exc, after_headers=True)) from exc
+                out: list[Event] = []
+                if not chunk:
+                    deadline_scope.deadline = math.inf
+                    self._feed_eof(out)
+                    if out:
+                        await self._emit(out)
+                    if mapper.error is None and (err := mapper.eof_error()) is not None:
+                        raise _Failed(err)
+                    break
+                try:
+                    events = feed(chunk)
+                except SSEError as exc:
+                    raise _Failed(
+                        make_error(ErrorKind.PROTOCOL, f"malformed event stream: {exc}")
+                    ) from exc
+                if not events:
+                    continue  # comments, keep-alive bytes, a partial event: no idle reset
+                self._map(events, out)
                 if out:
-                    await self._emit(out)
-                if mapper.error is None and (err := mapper.eof_error()) is not None:
-                    raise _Failed(err)
-                break
-            if self._feed(chunk, out):
+                    try:
+                        send.send_nowait(out)
+                    except trio.WouldBlock:
+                        deadline_scope.deadline = math.inf
+                        await send.send(out)
                 last_event = trio.current_time()
-            if out:
-                await self._emit(out)
-                last_event = trio.current_time()
+        finally:
+            deadline_scope.deadline = math.inf  # `Metrics` and `End` are sent within it
         if mapper.error is not None:
             raise _Failed(mapper.error)
 
@@ -393,6 +430,10 @@ class _Reader:
                 return await resp.next_chunk()
             except (httpx2.HTTPError, OSError) as exc:
                 raise _Failed(error_from_transport(exc, after_headers=True)) from exc
+        raise _Failed(self._read_timeout(first_token))
+
+    def _read_timeout(self, first_token: bool) -> WorkerError:
+        """The error of a read deadline that passed: first token's, or idle's."""
         timeouts = self.config.timeouts
         if first_token:
             message = (
@@ -400,15 +441,7 @@ class _Reader:
             )
         else:
             message = f"idle timeout: no event from the upstream for {timeouts.idle:g} s"
-        raise _Failed(make_error(ErrorKind.DECODE_TIMEOUT, message))
-
-    def _feed(self, chunk: bytes, out: list[Event]) -> bool:
-        """Parse a chunk into `out`. True when it held at least one event."""
-        events = self._decode(chunk)
-        if not events:
-            return False
-        self._map(events, out)
-        return True
+        return make_error(ErrorKind.DECODE_TIMEOUT, message)
 
     def _decode(self, chunk: bytes) -> list[SSEEvent]:
         try:

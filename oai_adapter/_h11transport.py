@@ -1,0 +1,428 @@
+"""HTTP/1.1 for streaming: an httpx2 transport of our own on `h11` + trio, with a small pool.
+
+Why our own (docs/performance.md, "decode-step regime"): when a batching server writes one
+token per stream per decode step, every token is its own network read, and the cost of a read
+decides how many streams a core carries. Under httpx2's stock transport a read goes through
+httpcore2's pool and connection, a timeout scope and exception mapping per read, then httpx2's
+`aiter_raw` (chunker, byte counters, generator layers): about 50 µs per read over h11 alone
+(FACTS.md). Here a read is `H11Body.receive_some()`: one `receive_some` on the trio stream,
+h11's parser, and nothing else. httpx2 still builds the requests and the `Response` objects
+and serves every other path (probes, error bodies) through the same body's `__aiter__`.
+
+Used for direct (non-proxied) `http://` and `https://` origins; through a proxy the client
+keeps httpx2's own transport (`_http.py`; docs/architecture.md).
+
+The hot path: a response's `extensions[BODY_EXTENSION]` is its `H11Body` (httpx2 wraps
+`response.stream` in its own stream, so the extension is how a caller reaches ours).
+`await body.receive_some()` returns the body bytes of one network read (several h11 `Data`
+events of one read are joined), `b""` at the end; `body.complete` says the response ended
+cleanly (so a caller can tell the end before it asks again).
+
+Invariants:
+- A connection goes back to the pool only after a clean end of its exchange: h11 is `DONE` on
+  both sides and moves to `IDLE` with `start_next_cycle()`. Every other close — an early
+  `aclose()` (a cancel), an error, a cancelled read or write — closes the socket at once
+  (`trio.aclose_forcefully`: no TLS close_notify wait), so the upstream sees the disconnect at
+  its next write (llama-server frees the slot then, FACTS.md).
+- The pool: at most `max_connections` requests in flight (a semaphore, taken before the
+  connection and given back when the response is closed, or at once on a failure before it);
+  at most `max_keepalive` idle connections kept (`_http.MAX_KEEPALIVE`, its precedent), LIFO,
+  each for at most `keepalive_expiry` seconds; an idle connection whose socket is readable
+  (the server closed it, or sent bytes nobody asked for) is dropped instead of reused. Total
+  connections never exceed `max_connections`: taking a new one when the pool is full of
+  other origins' idle connections closes the oldest of those.
+- Connection set-up is not serialised: each request that finds no idle connection opens its
+  own, concurrently with the others (1,000 streams opened at once connect at once). Connect
+  (TCP and the TLS handshake) is bounded by the connect timeout, each request write by the
+  write timeout; reads have no timeout of their own unless httpx2 passes one (the adapter
+  bounds them with its own deadlines).
+- TLS: the context given (`_tls.shared_ssl_context`: verification always on, ALPN
+  `http/1.1`; it is shared, so it is not changed here), SNI and the hostname check on the
+  URL's host.
+- Errors are httpx2's exception types, so `_errors.error_from_transport` maps them as it
+  maps httpcore2's: `ConnectError` / `ConnectTimeout` (connect, TLS), `WriteError` /
+  `WriteTimeout` (sending the request), `RemoteProtocolError` (closed or malformed before
+  or inside the response), `ReadError` (a socket error while reading), `ReadTimeout`.
+"""
+
+from __future__ import annotations
+
+import select
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final, Self, cast
+
+import h11
+import httpx2
+import trio
+
+__all__ = ["BODY_EXTENSION", "READ_SIZE", "H11Body", "H11Statistics", "H11Transport"]
+
+#: The `Response.extensions` key under which a response carries its `H11Body`.
+BODY_EXTENSION: Final = "oai_adapter.h11_body"
+
+#: Bytes asked of the socket per read (as httpcore and h11-based servers do).
+READ_SIZE: Final = 64 * 1024
+
+_Origin = tuple[str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class H11Statistics:
+    """A snapshot of the pool: connections open (idle ones included), idle ones, requests in
+    flight, and how many connections were ever opened."""
+
+    connections: int
+    idle: int
+    in_flight: int
+    connects_total: int
+
+
+class _Connection:
+    """One socket and its h11 state machine."""
+
+    __slots__ = ("h11", "idle_since", "origin", "stream")
+
+    def __init__(self, origin: _Origin, stream: trio.abc.Stream) -> None:
+        self.origin = origin
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    def stale(self) -> bool:
+        """The socket is readable while idle: the server closed it (EOF) or sent bytes nobody
+        asked for. Either way it cannot carry another request."""
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            return False  # not a socket (tests may wrap one): trust it
+        try:
+            readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+
+class H11Body(httpx2.AsyncByteStream):
+    """A response body read straight off its connection. `receive_some()` per network read;
+    `aclose()` returns the connection to the pool after a clean end, else closes it."""
+
+    __slots__ = ("_conn", "_done", "_read_timeout", "_transport", "complete")
+
+    def __init__(
+        self, transport: H11Transport, conn: _Connection, read_timeout: float | None
+    ) -> None:
+        self._transport = transport
+        self._conn: _Connection | None = conn
+        self._read_timeout = read_timeout
+        self._done = False  # closed: nothing more to read
+        self.complete = False  # the response's end was read (h11 EndOfMessage)
+
+    async def receive_some(self) -> bytes:
+        """The body bytes of the next network read; `b""` once the body has ended."""
+        conn = self._conn
+        if conn is None or self.complete:
+            return b""
+        parser = conn.h11
+        data = b""
+        try:
+            while True:
+                event = parser.next_event()
+                if type(event) is h11.Data:
+                    data = data + event.data if data else bytes(event.data)
+                    continue
+                if event is h11.NEED_DATA:
+                    if data:
+                        return data
+                    if self._read_timeout is not None:
+                        parser.receive_data(await self._read(conn))
+                        continue
+                    # the hot path, inline: one frame less per open stream and per read
+                    try:
+                        chunk = await conn.stream.receive_some(READ_SIZE)
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise httpx2.ReadError(f"reading the response failed: {exc!r}") from exc
+                    parser.receive_data(cast(bytes, chunk))
+                    continue
+                if type(event) is h11.EndOfMessage:
+                    self.complete = True
+                    return data
+                if type(event) is h11.ConnectionClosed:
+                    raise httpx2.RemoteProtocolError("the server closed the connection")
+                # PAUSED cannot happen while their side sends the body; anything else is a bug
+                raise httpx2.RemoteProtocolError(f"unexpected HTTP/1.1 event {event!r}")
+        except h11.RemoteProtocolError as exc:
+            await self._abort()
+            raise httpx2.RemoteProtocolError(str(exc)) from exc
+        except BaseException:
+            await self._abort()
+            raise
+
+    async def _read(self, conn: _Connection) -> bytes:
+        """A read bounded by the read timeout httpx2 passed (the adapter passes none)."""
+        # trio may hand back a bytearray; h11 takes either (its buffer is a bytearray)
+        assert self._read_timeout is not None
+        try:
+            with trio.fail_after(self._read_timeout):
+                return cast(bytes, await conn.stream.receive_some(READ_SIZE))
+        except trio.TooSlowError:
+            raise httpx2.ReadTimeout(
+                f"no data from the server for {self._read_timeout:g} s"
+            ) from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx2.ReadError(f"reading the response failed: {exc!r}") from exc
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self.receive_some()
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        """Give the connection back (clean end) or close its socket (anything else)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        transport = self._transport
+        try:
+            parser = conn.h11
+            if self.complete and parser.our_state is h11.DONE and parser.their_state is h11.DONE:
+                parser.start_next_cycle()
+                transport._give_back(conn)
+            else:
+                await transport._discard(conn)
+        finally:
+            transport._release()
+
+    async def _abort(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await self._transport._discard(conn)
+            finally:
+                self._transport._release()
+
+
+class H11Transport(httpx2.AsyncBaseTransport):
+    """HTTP/1.1 on h11 and trio with a small pool; see the module header."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext,
+        connect_timeout: float,
+        write_timeout: float,
+        max_connections: int,
+        max_keepalive: int,
+        keepalive_expiry: float = 30.0,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._connect_timeout = connect_timeout
+        self._write_timeout = write_timeout
+        self._max_connections = max_connections
+        self._max_keepalive = max_keepalive
+        self._keepalive_expiry = keepalive_expiry
+        self._permits = trio.Semaphore(max_connections)
+        self._idle: deque[_Connection] = deque()  # oldest first; reuse takes the newest
+        self._open: set[_Connection] = set()
+        self._connects_total = 0
+        self._closed = False
+
+    def statistics(self) -> H11Statistics:
+        return H11Statistics(
+            connections=len(self._open),
+            idle=len(self._idle),
+            in_flight=self._max_connections - self._permits.value,
+            connects_total=self._connects_total,
+        )
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or in use (a response read after this fails)."""
+        self._closed = True
+        conns = list(self._open)
+        self._open.clear()
+        self._idle.clear()
+        for conn in conns:
+            await trio.aclose_forcefully(conn.stream)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self._closed:
+            raise RuntimeError("the H11Transport is closed")
+        url = request.url
+        scheme = url.scheme
+        if scheme not in ("http", "https"):
+            raise httpx2.UnsupportedProtocol(f"scheme {scheme!r} is not supported")
+        origin: _Origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        await self._permits.acquire()
+        body: H11Body | None = None
+        try:
+            conn = self._take_idle(origin)
+            if conn is None:
+                conn = await self._connect(origin, timeouts.get("connect") or self._connect_timeout)
+            head = await self._exchange(conn, request, timeouts)
+            body = H11Body(self, conn, timeouts.get("read"))
+            return httpx2.Response(
+                status_code=head.status_code,
+                headers=head.headers.raw_items(),
+                stream=body,
+                extensions={
+                    "http_version": b"HTTP/1.1",
+                    "reason_phrase": head.reason,
+                    BODY_EXTENSION: body,
+                },
+            )
+        finally:
+            if body is None:
+                self._release()
+
+    async def _exchange(
+        self, conn: _Connection, request: httpx2.Request, timeouts: dict[str, float | None]
+    ) -> h11.Response:
+        """Send the request and read the response head; on any failure the socket is closed."""
+        parser = conn.h11
+        try:
+            content = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+            headers = list(request.headers.raw)
+            out = parser.send(
+                h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
+            )
+            assert out is not None
+            if content:
+                out += parser.send(h11.Data(data=content)) or b""
+            out += parser.send(h11.EndOfMessage()) or b""
+            write_timeout = timeouts.get("write") or self._write_timeout
+            try:
+                with trio.fail_after(write_timeout):
+                    await conn.stream.send_all(out)
+            except trio.TooSlowError:
+                raise httpx2.WriteTimeout(
+                    f"the request was not sent within {write_timeout:g} s"
+                ) from None
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise httpx2.WriteError(f"sending the request failed: {exc!r}") from exc
+            read_timeout = timeouts.get("read")
+            while True:
+                event = parser.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        if read_timeout is None:
+                            data = await conn.stream.receive_some(READ_SIZE)
+                        else:
+                            with trio.fail_after(read_timeout):
+                                data = await conn.stream.receive_some(READ_SIZE)
+                    except trio.TooSlowError:
+                        raise httpx2.ReadTimeout(
+                            f"no response from the server within {read_timeout:g} s"
+                        ) from None
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise httpx2.ReadError(f"reading the response failed: {exc!r}") from exc
+                    parser.receive_data(cast(bytes, data))
+                elif type(event) is h11.Response:
+                    return event
+                elif type(event) is h11.ConnectionClosed:
+                    raise httpx2.RemoteProtocolError(
+                        "the server disconnected without sending a response"
+                    )
+                # InformationalResponse (1xx): wait for the final response
+        except h11.RemoteProtocolError as exc:
+            await self._discard(conn)
+            raise httpx2.RemoteProtocolError(str(exc)) from exc
+        except h11.LocalProtocolError as exc:
+            await self._discard(conn)
+            raise httpx2.LocalProtocolError(str(exc)) from exc
+        except BaseException:
+            await self._discard(conn)
+            raise
+
+    # --- the pool ---------------------------------------------------------------------------
+
+    def _take_idle(self, origin: _Origin) -> _Connection | None:
+        """The newest usable idle connection to `origin`; expired or stale ones are closed."""
+        idle = self._idle
+        if not idle:
+            return None
+        now = trio.current_time()
+        for i in range(len(idle) - 1, -1, -1):
+            conn = idle[i]
+            if conn.origin != origin:
+                continue
+            del idle[i]
+            if now - conn.idle_since > self._keepalive_expiry or conn.stale():
+                self._drop(conn)
+                continue
+            return conn
+        return None
+
+    def _give_back(self, conn: _Connection) -> None:
+        """A connection whose exchange ended cleanly: kept idle, or closed past the cap."""
+        if self._closed or conn not in self._open:
+            self._drop(conn)
+            return
+        conn.idle_since = trio.current_time()
+        self._idle.append(conn)
+        while len(self._idle) > self._max_keepalive:
+            self._drop(self._idle.popleft())
+
+    async def _discard(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        await trio.aclose_forcefully(conn.stream)
+
+    def _drop(self, conn: _Connection) -> None:
+        """Close an idle connection without waiting (nothing is in flight on it)."""
+        self._open.discard(conn)
+        _close_now(conn.stream)
+
+    def _release(self) -> None:
+        self._permits.release()
+
+    async def _connect(self, origin: _Origin, connect_timeout: float) -> _Connection:
+        """A new connection (TCP, and TLS for `https`) within the connect timeout. The socket
+        is closed on every way out but success (an error, a timeout, a cancel)."""
+        scheme, host, port = origin
+        while len(self._open) >= self._max_connections and self._idle:
+            self._drop(self._idle.popleft())  # another origin's idle connection makes room
+        sock: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(connect_timeout):
+                sock = await trio.open_tcp_stream(host, port)
+                if scheme == "https":
+                    tls = sock = trio.SSLStream(
+                        sock, self._ssl_context, server_hostname=host, https_compatible=True
+                    )
+                    await tls.do_handshake()
+        except trio.TooSlowError:
+            if sock is not None:
+                await trio.aclose_forcefully(sock)
+            raise httpx2.ConnectTimeout(f"connect to {host}:{port} timed out") from None
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            if sock is not None:
+                await trio.aclose_forcefully(sock)
+            raise httpx2.ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
+        except BaseException:
+            if sock is not None:
+                await trio.aclose_forcefully(sock)
+            raise
+        conn = _Connection(origin, sock)
+        self._open.add(conn)
+        self._connects_total += 1
+        return conn
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close a stream's socket synchronously (an idle connection: no TLS goodbye owed)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()

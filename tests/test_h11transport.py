@@ -1,0 +1,276 @@
+"""HTTP/1.1 on h11 + trio (`_h11transport.H11Transport`): its pool, its closes, TLS, errors.
+
+A connection goes back to the pool only after a clean end of its exchange; an early close
+closes the socket at once; at most `max_connections` requests are in flight; connection
+set-up is not serialised; TLS offers ALPN http/1.1 with SNI; a lost connection raises the
+httpx2 exceptions `_errors.error_from_transport` maps to the same kinds as before.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx2
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from oai_adapter import ErrorKind
+from oai_adapter._errors import error_from_transport
+from oai_adapter._h11transport import BODY_EXTENSION, H11Body, H11Transport
+from oai_adapter._tls import build_ssl_context, shared_ssl_context
+from oai_adapter.testing import FakeUpstream, Hang, Reply, Reset, Stream
+
+IO_DEADLINE = 20
+CHAT = b'{"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+
+
+def make_transport(max_connections: int = 10, **kw: object) -> H11Transport:
+    options: dict[str, object] = {
+        "ssl_context": shared_ssl_context(),
+        "connect_timeout": 5.0,
+        "write_timeout": 5.0,
+        "max_connections": max_connections,
+        "max_keepalive": max_connections,
+        **kw,
+    }
+    return H11Transport(**options)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def client_on(transport: H11Transport) -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(transport=transport, trust_env=False) as client:
+        yield client
+
+
+async def open_chat(client: httpx2.AsyncClient, base_url: str) -> httpx2.Response:
+    request = client.build_request(
+        "POST",
+        base_url + "/chat/completions",
+        content=CHAT,
+        headers={"content-type": "application/json"},
+    )
+    return await client.send(request, stream=True)
+
+
+def body_of(response: httpx2.Response) -> H11Body:
+    body = response.extensions[BODY_EXTENSION]
+    assert isinstance(body, H11Body)
+    return body
+
+
+async def read_all(body: H11Body) -> bytes:
+    out = b""
+    while chunk := await body.receive_some():
+        out += chunk
+    return out
+
+
+async def open_and_read(client: httpx2.AsyncClient, base_url: str) -> bytes:
+    response = await open_chat(client, base_url)
+    try:
+        return await read_all(body_of(response))
+    finally:
+        await response.aclose()
+
+
+async def test_connection_goes_back_to_the_pool_after_a_clean_end(
+    upstream: FakeUpstream,
+) -> None:
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            for _ in range(3):
+                response = await open_chat(client, upstream.base_url)
+                body = body_of(response)
+                data = await read_all(body)
+                assert body.complete
+                assert data.endswith(b"data: [DONE]\n\n")
+                await response.aclose()
+                assert transport.statistics().idle == 1
+            assert transport.statistics().connects_total == 1
+    assert upstream.connections_total == 1
+
+
+async def test_early_close_closes_the_socket_and_is_not_reused(upstream: FakeUpstream) -> None:
+    upstream.script(Reply(steps=[Stream(tokens=1), Hang()]))
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            response = await open_chat(client, upstream.base_url)
+            assert await body_of(response).receive_some()  # mid-body
+            await response.aclose()  # e.g. a cancel
+            stats = transport.statistics()
+            assert (stats.connections, stats.idle, stats.in_flight) == (0, 0, 0)
+            await upstream.wait_quiet()  # the server saw the close
+            assert upstream.disconnects >= 1
+            second = await open_chat(client, upstream.base_url)
+            await read_all(body_of(second))
+            await second.aclose()
+    assert upstream.connections_total == 2
+
+
+async def test_a_cancelled_read_closes_the_connection(upstream: FakeUpstream) -> None:
+    upstream.script(Reply(steps=[Stream(tokens=1), Hang()]))
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            response = await open_chat(client, upstream.base_url)
+            body = body_of(response)
+            with trio.CancelScope() as scope:
+                while await body.receive_some():
+                    scope.cancel()  # cancels the next read, blocked on the hanging server
+            await response.aclose()
+            assert transport.statistics().connections == 0
+            await upstream.wait_quiet()
+
+
+async def test_at_most_max_connections_requests_are_in_flight(upstream: FakeUpstream) -> None:
+    upstream.script(*[Reply(steps=[Stream(tokens=1), Hang()])] * 3)
+    transport = make_transport(max_connections=2)
+    third: list[httpx2.Response] = []
+    third_opened = trio.Event()
+
+    async def open_third(client: httpx2.AsyncClient) -> None:
+        third.append(await open_chat(client, upstream.base_url))
+        third_opened.set()
+
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client, trio.open_nursery() as nursery:
+            first = await open_chat(client, upstream.base_url)
+            second = await open_chat(client, upstream.base_url)
+            nursery.start_soon(open_third, client)
+            await trio.testing.wait_all_tasks_blocked()
+            assert third == []  # waiting for a permit, no connection opened for it
+            assert transport.statistics().in_flight == 2
+            assert upstream.connections_total == 2
+            await first.aclose()
+            await third_opened.wait()  # the third request connects now
+            assert transport.statistics().connections == 2
+            await second.aclose()
+            await third[0].aclose()
+    assert transport.statistics().in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("reply", "after_headers", "kind"),
+    [
+        (Reply(steps=[Stream(tokens=2), Reset()]), True, ErrorKind.WORKER_RESET),
+        (Reply(before=[Reset()]), False, ErrorKind.POOL_UNAVAILABLE),
+    ],
+    ids=["mid-body", "before-headers"],
+)
+async def test_a_lost_connection_raises_what_error_from_transport_maps(
+    upstream: FakeUpstream, reply: Reply, after_headers: bool, kind: ErrorKind
+) -> None:
+    upstream.script(reply)
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            with pytest.raises(httpx2.TransportError) as caught:
+                await open_and_read(client, upstream.base_url)
+            assert transport.statistics().connections == 0
+    assert isinstance(caught.value, httpx2.ReadError | httpx2.RemoteProtocolError)
+    assert error_from_transport(caught.value, after_headers=after_headers).kind is kind
+
+
+async def test_server_closing_mid_body_is_a_remote_protocol_error(nursery: trio.Nursery) -> None:
+    """A clean FIN inside a chunked body (no RST) is h11's incomplete-body error."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n6\r\ndata: \r\n"
+        )
+        await stream.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, serve, 0)
+    port = listeners[0].socket.getsockname()[1]
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            response = await open_chat(client, f"http://127.0.0.1:{port}/v1")
+            body = body_of(response)
+            assert await body.receive_some() == b"data: "
+            with pytest.raises(httpx2.RemoteProtocolError):
+                await body.receive_some()
+            await response.aclose()
+            assert transport.statistics().connections == 0
+
+
+@pytest.mark.req("OC-ADAPT-OAI-6021")
+async def test_connects_run_concurrently_over_tls_with_alpn_and_sni(
+    nursery: trio.Nursery,
+) -> None:
+    """The server completes no TLS handshake until all `n` TCP connections have arrived, so a
+    pool that set connections up one at a time would never get past the first."""
+    n = 8
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    server_names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: server_names.append(name)  # type: ignore[assignment,misc,return-value]
+    alpn: list[str | None] = []
+    arrived = 0
+    all_arrived = trio.Event()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == n:
+            all_arrived.set()
+        await all_arrived.wait()
+        tls = trio.SSLStream(stream, server_ctx, server_side=True)
+        async with tls:
+            await tls.do_handshake()
+            alpn.append(tls.selected_alpn_protocol())
+            await tls.receive_some(65536)
+            await tls.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            with pytest.raises(trio.BrokenResourceError):  # no close_notify: closed at once
+                await tls.receive_some(65536)
+
+    listeners = await nursery.start(trio.serve_tcp, serve, 0)
+    port = listeners[0].socket.getsockname()[1]
+    client_ctx = build_ssl_context()
+    client_ctx.set_alpn_protocols(["http/1.1"])  # as `shared_ssl_context` does
+    ca.configure_trust(client_ctx)
+    transport = make_transport(max_connections=n, ssl_context=client_ctx)
+    statuses: list[int] = []
+
+    async def one(client: httpx2.AsyncClient) -> None:
+        response = await client.get(f"https://localhost:{port}/")
+        statuses.append(response.status_code)
+
+    # real time: "localhost" is resolved in a worker thread
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client, trio.open_nursery() as inner:
+            for _ in range(n):
+                inner.start_soon(one, client)
+    assert statuses == [200] * n
+    assert alpn == ["http/1.1"] * n
+    assert server_names == ["localhost"] * n
+    assert transport.statistics().connects_total == n
+
+
+@pytest.mark.req("OC-ADAPT-OAI-6021")
+async def test_untrusted_certificate_is_a_connect_error_mapped_to_policy(
+    nursery: trio.Nursery,
+) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    upstream = FakeUpstream(ssl_context=server_ctx)
+    await nursery.start(upstream.serve)
+    transport = make_transport()  # the private CA is not trusted
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            with pytest.raises(httpx2.ConnectError) as caught:
+                await open_chat(client, upstream.base_url)
+    assert error_from_transport(caught.value, after_headers=False).kind is ErrorKind.POLICY
+    assert transport.statistics().connections == 0
+    assert upstream.completion_requests() == []

@@ -45,3 +45,7 @@ compat: setup
 # llama.cpp (llama-cpp-python[server], own venv; compiles llama.cpp the first time) with a tiny local GGUF + `oai-adapter check`.
 compat-llama: setup
     bash compat/run_llama.sh
+
+# Soak: 100,000 tasks through an AdapterHost pool with faults, cancels and rebinds; verdict + plot in .soak-out/ (a few minutes; not in `just test`). `just soak --quick`: 10,000 tasks.
+soak *ARGS: setup
+    {{uv}} run --locked --quiet python benchmarks/soak.py {{ARGS}}

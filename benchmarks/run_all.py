@@ -33,6 +33,7 @@ PROGRAMS = (
     "bench_memory",
     "bench_cancel",
     "bench_ttft",
+    "bench_end",
     "bench_import",
     "bench_h2",
 )
@@ -228,6 +229,16 @@ def main() -> None:
                 f"httpx2 {t['httpx2']['p50_ms']['median']:.3f} ms",
                 f"adapter {t['adapter']['p50_ms']['median']:.3f} ms",
                 f"≤ 0.2 ms {verdict(t['overhead_ms'] <= 0.2)}",
+            )
+        )
+    if e := results.get("bench_end"):
+        rows.append(
+            (
+                "End after [DONE], body held open",
+                f"p50 {e['holds']['p50_ms']:.3f} / p99 {e['holds']['p99_ms']:.3f} ms",
+                f"body ended p99 {e['clean']['p99_ms']:.3f} ms",
+                "",
+                f"≤ 1 ms {verdict(e['holds']['p99_ms'] <= 1.0)}",
             )
         )
     if i := results.get("bench_import"):

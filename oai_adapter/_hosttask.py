@@ -404,6 +404,7 @@ class _Driver:
         stream: EventStream | None = None
         outcome: Outcome = "neither"
         cause = ""
+        failed: _Failed | None = None
         try:
             with scope:
                 offset_ms = (trio.current_time() - self.started_at) * 1000.0
@@ -453,11 +454,17 @@ class _Driver:
                                 and error.kind in BLAMES_REPLICA
                                 and not stats.retry_refused
                             ):
-                                raise _Failed(error, stats.attempts)
+                                # Raised once the adapter's block is left: raised inside it,
+                                # an eviction landing during the adapter's exit wraps it in an
+                                # ExceptionGroup that `except _Failed` misses (just soak).
+                                failed = _Failed(error, stats.attempts)
+                                break
                             await self._put(event)
                             self.end_sent = True
                             return None
                         await self._put(event)
+            if failed is not None:
+                raise failed
             reason = task.evicted
             if scope.cancelled_caught and reason is not None:
                 what = (

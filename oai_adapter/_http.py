@@ -43,7 +43,6 @@ of a LiteLLM proxy with hundreds of models is ~100 KiB.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from ._errors import ErrorKind, make_error
 from ._h2transport import ALPN as H2_ALPN
 from ._h2transport import H2Transport
 from ._h11transport import BODY_EXTENSION, H11Body, H11Transport
-from ._log import log
+from ._log import log, log_httpx2_request
 from ._tls import build_ssl_context, shared_ssl_context
 from ._transport import CLOSE_GRACE, ClosingTransport
 
@@ -76,9 +75,6 @@ __all__ = [
     "parse_url",
     "parsed_url_count",
 ]
-
-#: httpx2's logger: its request line is written for requests that skip `AsyncClient.send`.
-_httpx2_log: Final = logging.getLogger("httpx2")
 
 #: Headers whose value names the upstream's request id, most specific first.
 REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-litellm-call-id", "x-trace-id")
@@ -321,14 +317,7 @@ class Upstream:
             raise
         response.request = request
         self.client.cookies.extract_cookies(response)
-        _httpx2_log.info(
-            'HTTP Request: %s %s "%s %d %s"',
-            request.method,
-            request.url,
-            response.http_version,
-            response.status_code,
-            response.reason_phrase,
-        )
+        log_httpx2_request(request, response)
         return response
 
     async def get(self, url: str) -> tuple[int, httpx2.Headers, bytes]:

@@ -14,7 +14,9 @@ ones `None`. docs/observability.md lists every record and field.
 
 The one stdlib `logging` use: a redaction filter (`_HpackRedaction`) on hpack's logger, which
 would otherwise log HTTP/2 header blocks — the key among them — at DEBUG, and on httpcore2's and
-httpx2's, whose DEBUG records show response header values (an upstream may echo the key there).
+httpx2's, whose DEBUG records show response header values (an upstream may echo the key there);
+and httpx2's own request line for the streamed requests that skip `AsyncClient.send`
+(`log_httpx2_request`), so an application watching httpx2's logger sees every request.
 """
 
 from __future__ import annotations
@@ -151,6 +153,22 @@ _FILTERED_LOGGERS: Final = (
 for _name in _FILTERED_LOGGERS:
     if not any(isinstance(f, _HpackRedaction) for f in logging.getLogger(_name).filters):
         logging.getLogger(_name).addFilter(_HPACK_FILTER)
+
+
+_HTTPX2_LOG: Final = logging.getLogger("httpx2")
+
+
+def log_httpx2_request(request: httpx2.Request, response: httpx2.Response) -> None:
+    """httpx2's INFO request line, as `AsyncClient.send` writes it, for a request sent straight
+    to our HTTP/1.1 transport (`Upstream.send`). The URL carries no key (the key is a header)."""
+    _HTTPX2_LOG.info(
+        'HTTP Request: %s %s "%s %d %s"',
+        request.method,
+        request.url,
+        response.http_version,
+        response.status_code,
+        response.reason_phrase,
+    )
 
 
 def _enabled_before_import() -> bool:

@@ -56,6 +56,21 @@ class SSEDecoder:
         """The events that `chunk` completes, in order."""
         if not chunk:
             return []
+        if (
+            chunk[:6] == b"data: "
+            and chunk[-2:] == b"\n\n"
+            and chunk.find(b"\n") == len(chunk) - 2
+            and not self._buf
+            and self._started
+            and not self._data
+            and not self._event
+            and not self._pending_cr
+            and b"\r" not in chunk
+            and len(chunk) - 7 <= self._max
+        ):
+            # The decode-step chunk: one `data: X` line and the blank line, nothing pending —
+            # one event as it is (the same result as the rules below; one read per token).
+            return [("message", chunk[6:-2])]
         if self._pending_cr:
             self._pending_cr = False
             if chunk[:1] == b"\n":

@@ -149,6 +149,8 @@ def test_any_chunking_gives_the_same_events(
     anywhere = data.draw(st.lists(st.integers(0, len(body)), max_size=4))
     assert decode_all(split_at(body, [*itertools.chain(*at_ends), *anywhere])) == expected
     assert decode_all([body[i : i + 1] for i in range(len(body))]) == expected
+    # every frame its own chunk: the decode-step regime, one event per read (a fast path)
+    assert decode_all(split_at(body, frame_ends)) == expected
 
 
 def test_a_whole_chunk_of_data_frames_decodes_to_one_event_each() -> None:
@@ -156,6 +158,24 @@ def test_a_whole_chunk_of_data_frames_decodes_to_one_event_each() -> None:
     chunk = b"".join(b"data: {%d}\n\n" % i for i in range(100)) + b"data: {par"
     assert decoder.feed(chunk) == [("message", b"{%d}" % i) for i in range(100)]
     assert decoder.feed(b"tial}\n\n") == [("message", b"{partial}")]
+
+
+def test_a_one_event_chunk_after_pending_lines_joins_them() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\n") == [("message", b"a")]
+    assert decoder.feed(b"event: delta\n") == []
+    assert decoder.feed(b"data: b\n\n") == [("delta", b"b")]
+    assert decoder.feed(b"data: c\n") == []
+    assert decoder.feed(b"data: d\n\n") == [("message", b"c\nd")]
+    assert decoder.feed(b"data: e\r") == []
+    assert decoder.feed(b"\ndata: f\n\n") == [("message", b"e\nf")]  # CR LF: one line end
+
+
+def test_an_oversized_event_alone_in_its_chunk_is_refused() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    assert decoder.feed(b"data: small\n\n") == [("message", b"small")]
+    with pytest.raises(SSEError):
+        decoder.feed(b"data: " + b"x" * 100 + b"\n\n")
 
 
 def test_an_oversized_event_in_a_chunk_of_data_frames_is_refused() -> None:

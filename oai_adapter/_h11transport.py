@@ -58,6 +58,8 @@ import h11
 import httpx2
 import trio
 
+from ._connect import open_tcp
+
 __all__ = ["BODY_EXTENSION", "READ_SIZE", "H11Body", "H11Statistics", "H11Transport"]
 
 #: The `Response.extensions` key under which a response carries its `H11Body`.
@@ -436,7 +438,7 @@ class H11Transport(httpx2.AsyncBaseTransport):
         sock: trio.abc.Stream | None = None
         try:
             with trio.fail_after(connect_timeout):
-                sock = await trio.open_tcp_stream(host, port)
+                sock = await open_tcp(host, port)
                 if scheme == "https":
                     tls = sock = trio.SSLStream(
                         sock, self._ssl_context, server_hostname=host, https_compatible=True

@@ -47,6 +47,7 @@ from typing import Any, Final, Self
 import httpx2
 import trio
 
+from ._connect import open_tcp
 from ._h2connection import (
     CONNECTION_WINDOW,
     STREAM_WINDOW,
@@ -289,7 +290,7 @@ class H2Transport(httpx2.AsyncBaseTransport):
         result: trio.abc.Stream | None = None
         try:
             with trio.fail_at(deadline):
-                sock = await trio.open_tcp_stream(host, port)
+                sock = await open_tcp(host, port)
                 if scheme == "http":
                     result = sock
                     return result

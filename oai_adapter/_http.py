@@ -81,6 +81,9 @@ REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-litellm-call-id", 
 
 _USER_AGENT: Final = "oai-adapter/0.1"
 
+#: Headers httpx2 adds to a request itself (`Request._prepare`), lower case.
+_AUTO_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
+
 #: Seconds, and bytes, read after the stream's end marker to let the connection be reused.
 DRAIN_GRACE: Final = 0.05
 MAX_DRAIN: Final = 64 * 1024
@@ -291,10 +294,49 @@ class Upstream:
         hdrs: dict[str, str] = dict(headers or {})
         if json is not None:
             hdrs["content-type"] = "application/json"
-        request = self.client.build_request(method, target, content=json, headers=hdrs)
+        request = None
+        if json:
+            request = self._build_with_body(method, target, json, hdrs)
+        if request is None:
+            request = self.client.build_request(method, target, content=json, headers=hdrs)
         # Added last, into the request's own headers (whose repr masks it): no local variable
         # of any frame holds the key, so a traceback printed with its locals cannot show it.
         request.headers.update(self._auth_header())
+        return request
+
+    def _build_with_body(
+        self, method: str, target: httpx2.URL, body: bytes, headers: dict[str, str]
+    ) -> httpx2.Request | None:
+        """The request `client.build_request(method, target, content=body, headers=headers)`
+        builds — the same headers in the same order, the same body and extensions — in a third
+        of its CPU (≈ 8 µs instead of ≈ 23 µs: httpx2 merges the headers through its generic
+        `MutableMapping` methods, builds them three times and finds the missing `Content-Length`
+        by a caught `KeyError`; part of every task's set-up, docs/performance.md). Its order,
+        as httpx2's: `Host`, the client's headers not overridden (case-insensitively),
+        `headers`, `Content-Length`. None, and the caller asks httpx2, whenever httpx2 would do
+        more: cookies in the client's jar, or a `Host`, `Content-Length` or
+        `Transfer-Encoding` header given (`tests/test_http_request.py` compares the two)."""
+        client = self.client
+        own = {name.lower() for name in headers}
+        if not own.isdisjoint(_AUTO_HEADERS) or client.cookies:
+            return None
+        pairs: list[tuple[bytes, bytes]] = [(b"Host", target.netloc)]
+        for key, value in client.headers.raw:
+            name = key.lower().decode("latin-1")
+            if name in _AUTO_HEADERS:
+                return None
+            if name not in own:
+                pairs.append((key, value))
+        pairs.extend((k.encode("ascii"), v.encode("ascii")) for k, v in headers.items())
+        pairs.append((b"Content-Length", b"%d" % len(body)))
+        request = httpx2.Request(
+            method,
+            target,
+            headers=pairs,
+            stream=httpx2.ByteStream(body),
+            extensions={"timeout": client.timeout.as_dict()},
+        )
+        request.read()  # as httpx2 does for a body given whole: `request.content` is set
         return request
 
     async def send(self, request: httpx2.Request, *, stream: bool) -> httpx2.Response:

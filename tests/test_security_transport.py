@@ -9,6 +9,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import trio
 import trustme
@@ -373,7 +374,9 @@ async def test_no_frame_local_holds_the_key_when_building_a_request_fails(
 
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(client.client, "build_request", broken)
+            # httpx2's `Request` fails, whichever way the request is built (`Upstream` builds
+            # one with a body itself, and asks `client.build_request` otherwise)
+            patch.setattr(httpx2.Request, "__init__", broken)
             try:
                 client.build_request("POST", client.url("/chat/completions"), json=b"{}")
             except RuntimeError:

@@ -20,7 +20,7 @@ import trustme
 
 from oai_adapter import ErrorKind
 from oai_adapter._errors import error_from_transport
-from oai_adapter._h11transport import BODY_EXTENSION, H11Body, H11Transport
+from oai_adapter._h11transport import BODY_EXTENSION, H11Body, H11Statistics, H11Transport
 from oai_adapter._tls import build_ssl_context, shared_ssl_context
 from oai_adapter.testing import FakeUpstream, Gate, Hang, Reply, Reset, Stream
 
@@ -298,3 +298,44 @@ async def test_untrusted_certificate_is_a_connect_error_mapped_to_policy(
     assert error_from_transport(caught.value, after_headers=False).kind is ErrorKind.POLICY
     assert transport.statistics().connections == 0
     assert upstream.completion_requests() == []
+
+
+async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
+    """The connect timeout bounds TCP and the TLS handshake; the socket is closed."""
+    silent = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]  # accepts, never answers
+    port = silent.socket.getsockname()[1]
+    transport = make_transport()
+    started = trio.current_time()
+    async with silent:
+        with trio.fail_after(IO_DEADLINE):
+            async with client_on(transport) as client:
+                with pytest.raises(httpx2.ConnectTimeout, match=f"127.0.0.1:{port} timed out"):
+                    await client.get(
+                        f"https://127.0.0.1:{port}/v1/models", timeout=httpx2.Timeout(9, connect=3)
+                    )
+    assert trio.current_time() - started == pytest.approx(3.0, abs=0.5)
+    assert transport.statistics() == H11Statistics(0, 0, 0, 0)
+
+
+async def test_a_request_the_server_never_reads_is_a_write_timeout_on_a_fresh_connection(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
+    """The write timeout counts from the write, not from the connect (one scope, its deadline
+    moved), and a timed-out write closes the connection."""
+    silent = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]  # accepts, never reads
+    port = silent.socket.getsockname()[1]
+    transport = make_transport()
+    started = trio.current_time()
+    async with silent:
+        with trio.fail_after(IO_DEADLINE):
+            async with client_on(transport) as client:
+                with pytest.raises(httpx2.WriteTimeout, match="not sent within 5 s"):
+                    await client.post(
+                        f"http://127.0.0.1:{port}/v1/x",
+                        content=b"x" * (64 << 20),
+                        timeout=httpx2.Timeout(9, connect=2, write=5),
+                    )
+    assert trio.current_time() - started == pytest.approx(5.0, abs=0.5)
+    assert transport.statistics() == H11Statistics(0, 0, 0, 1)

@@ -145,7 +145,9 @@ class _Reader:
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
         self.last_token_at: float | None = None
         self._first_deadline = 0.0
-        self._first_token_read = False  # the read waiting now has the first-token deadline
+        # The read waiting now has the first-token deadline (True) or the idle one (False);
+        # None while the request is sent and its head awaited (the first-token deadline).
+        self._first_token_read: bool | None = None
         self.retry_cause: WorkerError | None = None  # set while waiting to retry
         self._pending: list[SSEEvent] = []  # read with the first event, mapped after Started
 
@@ -227,6 +229,7 @@ class _Reader:
         timeouts = config.timeouts
         sent_at = trio.current_time()
         first_deadline = sent_at + timeouts.first_token
+        self._first_token_read = None
         self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
         error: WorkerError | None = None
         # The first-token deadline bounds the send, the headers and the first event; once the
@@ -237,7 +240,7 @@ class _Reader:
                 async with endpoint.upstream.open_stream(
                     endpoint.url, json=self.task.body, headers=self.task.headers
                 ) as resp:
-                    out = await self._accept(resp, first_deadline)
+                    out = await self._accept(resp, first_deadline, deadline_scope)
                     deadline_scope.deadline = math.inf
                     await self._start(resp, attempt, first_deadline, out)
                     try:
@@ -258,9 +261,12 @@ class _Reader:
             except (httpx2.HTTPError, OSError) as exc:
                 error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
                 raise _Failed(error) from exc
-        if deadline_scope.cancelled_caught and self.started is not None:
-            raise _Failed(self._read_timeout(self._first_token_read))  # a read deadline
-        if deadline_scope.cancelled_caught:
+        first_token_read = self._first_token_read
+        if deadline_scope.cancelled_caught and (
+            self.started is not None or first_token_read is False
+        ):
+            raise _Failed(self._read_timeout(bool(first_token_read)))  # a read deadline
+        if deadline_scope.cancelled_caught:  # the first-token deadline before `Started`
             raise _Failed(
                 make_error(
                     ErrorKind.DECODE_TIMEOUT,
@@ -271,8 +277,13 @@ class _Reader:
             raise _Failed(error)
         return False  # the body ended without an end marker, and that is no error
 
-    async def _accept(self, resp: UpstreamResponse, first_deadline: float) -> list[Event]:
-        """Read up to the first event the mapper counts; `_Failed` if the stream is refused."""
+    async def _accept(
+        self, resp: UpstreamResponse, first_deadline: float, deadline_scope: trio.CancelScope
+    ) -> list[Event]:
+        """Read up to the first event the mapper counts; `_Failed` if the stream is refused.
+        The reads are bounded through the attempt's `deadline_scope` (no scope of their own:
+        one is ≈ 5 µs of the set-up, docs/performance.md): by the first-token deadline, or by
+        `idle` after the headers when that comes first (`_first_token_read` says which)."""
         timeouts = self.config.timeouts
         status = resp.status
         if not 200 <= status < 300:
@@ -299,12 +310,15 @@ class _Reader:
         # the stream is accepted, so the outcome does not depend on how bytes were chunked.
         out: list[Event] = []
         idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
+        self._first_token_read = first_deadline <= idle_deadline
+        deadline_scope.deadline = min(idle_deadline, first_deadline)
         mapper = self.mapper
         self._pending = []
         while mapper.events_seen == 0 and not mapper.done:
-            chunk = await self._next_chunk(
-                resp, min(idle_deadline, first_deadline), first_deadline <= idle_deadline
-            )
+            try:
+                chunk = await resp.next_chunk()
+            except (httpx2.HTTPError, OSError) as exc:
+                raise _Failed(error_from_transport(exc, after_headers=True)) from exc
             events = self.decoder.close() if chunk is None else self._decode(chunk)
             for i, event in enumerate(events):
                 self._map([event], out)
@@ -313,6 +327,7 @@ class _Reader:
                     break
             if chunk is None:
                 break
+        deadline_scope.deadline = first_deadline  # back to the attempt's, for what follows
         if mapper.error is not None:
             if mapper.done:
                 # The first event is an error: not accepted. The upstream said it finished, so
@@ -419,19 +434,6 @@ class _Reader:
             raise _Failed(mapper.error)
 
     # --- pieces --------------------------------------------------------------------------
-
-    async def _next_chunk(
-        self, resp: UpstreamResponse, deadline: float, first_token: bool
-    ) -> bytes | None:
-        """The next network read, `None` at end of stream. Raises `_Failed` on a lost
-        connection, or when `deadline` passes: the first-token deadline if `first_token`,
-        else the idle one."""
-        with trio.move_on_at(deadline):
-            try:
-                return await resp.next_chunk()
-            except (httpx2.HTTPError, OSError) as exc:
-                raise _Failed(error_from_transport(exc, after_headers=True)) from exc
-        raise _Failed(self._read_timeout(first_token))
 
     def _read_timeout(self, first_token: bool) -> WorkerError:
         """The error of a read deadline that passed: first token's, or idle's."""

@@ -82,8 +82,7 @@ async def test_first_token_fires_on_a_stall_before_the_headers(
     assert len(events) == 1  # never started
     assert end.error is not None
     assert end.error.kind is ErrorKind.DECODE_TIMEOUT
-    assert "first_token" in end.error.message
-    assert "2 s" in end.error.message
+    assert end.error.message.startswith("first_token timeout: no event within 2 s")
     assert end.error.retryable is False
     assert at == pytest.approx(2.0)
     assert len(upstream.completion_requests()) == 1  # DECODE_TIMEOUT is never retried
@@ -97,9 +96,23 @@ async def test_first_token_fires_on_a_stall_after_the_headers(
     at, end = end_of(events)
     assert end.error is not None
     assert end.error.kind is ErrorKind.DECODE_TIMEOUT
-    assert "first_token" in end.error.message
-    assert "3 s" in end.error.message
+    assert end.error.message.startswith("first_token timeout: no event within 3 s")
     assert at == pytest.approx(3.0)
+    assert len(upstream.completion_requests()) == 1
+
+
+async def test_idle_fires_on_a_stall_after_the_headers_when_it_comes_before_first_token(
+    upstream: FakeUpstream, loopback_clock: MockClock
+) -> None:
+    # idle counts from the response head: 2 s after it, before first_token's 10 s
+    upstream.script(Fault.stall_after_headers())
+    events = await timed(config(upstream.base_url, first_token=10.0, idle=2.0))
+    at, end = end_of(events)
+    assert len(events) == 1  # never started
+    assert end.error is not None
+    assert end.error.kind is ErrorKind.DECODE_TIMEOUT
+    assert end.error.message.startswith("idle timeout: no event from the upstream for 2 s")
+    assert at == pytest.approx(2.0)
     assert len(upstream.completion_requests()) == 1
 
 

@@ -126,9 +126,9 @@ class H11Body(httpx2.AsyncByteStream):
         "_conn",
         "_done",
         "_eager",
-        "_fd",
         "_need_data",
         "_read_timeout",
+        "_sock",
         "_transport",
         "complete",
     )
@@ -144,9 +144,11 @@ class H11Body(httpx2.AsyncByteStream):
         # h11 said NEED_DATA when the last read's bytes were returned: the next call reads the
         # socket first instead of asking h11 again (one `next_event` less per network read).
         self._need_data = False
-        # A plain socket's file descriptor, read directly (module header); -1 for TLS.
+        # A plain socket, read off its file descriptor (module header); None for TLS. The fd is
+        # asked for at every read: once the socket is closed it is -1, never a number that a
+        # newer socket may have been given.
         stream = conn.stream
-        self._fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
+        self._sock = stream.socket if type(stream) is trio.SocketStream else None
         self._eager = True  # the last read filled the buffer: try the socket before waiting
 
     async def receive_some(self) -> bytes:
@@ -177,10 +179,13 @@ class H11Body(httpx2.AsyncByteStream):
                         continue
                     # the hot path, inline: one frame less per open stream and per read
                     try:
-                        fd = self._fd
-                        if fd < 0:
+                        sock = self._sock
+                        if sock is None:
                             chunk = cast(bytes, await conn.stream.receive_some(READ_SIZE))
                         else:
+                            fd = sock.fileno()
+                            if fd < 0:
+                                raise trio.ClosedResourceError("the connection was closed")
                             now = await self._read_now(fd) if self._eager else None
                             while now is None:
                                 await trio.lowlevel.wait_readable(fd)  # the checkpoint

@@ -391,3 +391,23 @@ async def test_a_read_of_a_waiting_body_is_a_cancel_point(
             assert scope.cancelled_caught
             await response.aclose()
             assert transport.statistics().connections == 0
+
+
+async def test_a_body_read_after_the_transport_closed_fails_even_when_its_fd_is_reused(
+    upstream: FakeUpstream,
+) -> None:
+    """A plain socket is read off its file descriptor: once the transport has closed it, the
+    number may belong to a newer socket, and the old body must not read that socket's bytes."""
+    upstream.script(Reply(steps=[Stream(tokens=1), Hang()]))
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport, NO_READ_TIMEOUT) as client:
+            response = await open_chat(client, upstream.base_url)
+            body = body_of(response)
+            assert await body.receive_some()
+            await transport.aclose()  # closes the connection in use
+            with trio.socket.socket() as newer:  # likely given the closed socket's number
+                await newer.connect(("127.0.0.1", upstream.port))
+                with pytest.raises(httpx2.ReadError):
+                    await body.receive_some()
+            await response.aclose()

@@ -102,10 +102,10 @@ async def run_task(endpoint: Endpoint, task: Task) -> None:
     """The reader task. Sends every event but a cancel's `End`; sets `task.state.done` last."""
     state = task.state
     try:
-        async with task.send:
-            with state.scope:
-                await _Reader(endpoint, task).run()
+        with state.scope:
+            await _Reader(endpoint, task).run()
     finally:
+        task.send.close()  # synchronous: no scheduler pass between a cancel and `done`
         state.done.set()
 
 

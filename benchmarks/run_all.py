@@ -33,6 +33,7 @@ PROGRAMS = (
     "bench_memory",
     "bench_cancel",
     "bench_ttft",
+    "bench_setup",
     "bench_end",
     "bench_import",
     "bench_h2",
@@ -229,6 +230,27 @@ def main() -> None:
                 f"httpx2 {t['httpx2']['p50_ms']['median']:.3f} ms",
                 f"adapter {t['adapter']['p50_ms']['median']:.3f} ms",
                 f"≤ 0.2 ms {verdict(t['overhead_ms'] <= 0.2)}",
+            )
+        )
+    if su := results.get("bench_setup"):
+        a, raw, floor = su["adapter"], su["raw"], su["h11-task"]
+        rows.append(
+            (
+                f"set-up: CPU/task ({su['streams']:,} at once)",
+                f"{a['cpu_us_per_task']['median']:.0f} µs",
+                f"raw trio {raw['cpu_us_per_task']['median']:.0f} µs,"
+                f" design floor {floor['cpu_us_per_task']['median']:.0f} µs",
+                f"{su['cpu_vs_raw']:.2f}× raw, {su['cpu_vs_floor']:.2f}× floor",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"set-up: TTFT p50/p99 ({su['streams']:,} at once)",
+                f"{a['ttft_p50_ms']:.0f}/{a['ttft_p99_ms']:.0f} ms",
+                f"raw trio {raw['ttft_p50_ms']:.0f}/{raw['ttft_p99_ms']:.0f} ms",
+                f"{su['ttft_vs_raw']:.2f}× raw (p99)",
+                f"≤ 2× raw {verdict(su['ttft_vs_raw'] <= 2)}",
             )
         )
     if e := results.get("bench_end"):

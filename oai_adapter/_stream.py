@@ -270,7 +270,7 @@ class EventStream(BatchStream["TaskState"]):
         if self._closed:
             return
         self._closed = True
-        self._state.scope.cancel()
+        self._state.stop()
         self._delivered = self.tokens_delivered
         self._batch = []
         self._pos = self._limit = 0
@@ -401,7 +401,7 @@ class Submission:
         stream = self._stream
         if stream is not None:
             stream._close_nowait()  # cancels the reader, narrates, leaves the registry
-        state.scope.cancel()
+        state.stop()
         try:
             return await leave_nursery(cm, exc_type, exc, tb)
         finally:

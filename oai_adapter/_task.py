@@ -103,8 +103,7 @@ async def run_task(endpoint: Endpoint, task: Task) -> None:
     state = task.state
     try:
         async with task.send:
-            with state.scope:
-                await _Reader(endpoint, task).run()
+            await _Reader(endpoint, task).run()
     finally:
         state.done.set()
 
@@ -152,26 +151,39 @@ class _Reader:
     # --- the task ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        timeouts = self.config.timeouts
-        error: WorkerError | None = None
-        with trio.move_on_at(self.started_at + timeouts.total) as total_scope:
+        state = self.task.state
+        # `cancel()` and the `total` deadline both end the task: the scope `cancel()` reaches
+        # carries the deadline too (one scope, not two; docs/performance.md, memory).
+        scope = state.scope
+        scope.deadline = self.started_at + self.config.timeouts.total
+        with scope:
+            error: WorkerError | None = None
             try:
                 if await self._attempts():
                     return  # `End` sent; the response's tail is drained in the background
             except _Failed as failed:
                 error = failed.error
-        if total_scope.cancelled_caught:
-            cause = self.retry_cause
-            error = make_error(
-                ErrorKind.DEADLINE_UNMET,
-                f"total timeout: the task took longer than {timeouts.total:g} s"
-                + (
-                    f" (waiting to retry after: {cause.kind.value}: {cause.message})"
-                    if cause is not None
-                    else ""
-                ),
-            )
-        await self._finish(error)
+            scope.deadline = math.inf  # this `End` goes out however late; only a stop ends it
+            await self._finish(error)
+            return
+        if state.stopped:
+            return  # cancelled, or the consumer left: it makes its own `End`
+        # The deadline passed: its `End`, in a fresh scope that a stop still reaches.
+        with state.renew_scope():
+            await self._finish(self._total_timeout())
+
+    def _total_timeout(self) -> WorkerError:
+        total = self.config.timeouts.total
+        cause = self.retry_cause
+        return make_error(
+            ErrorKind.DEADLINE_UNMET,
+            f"total timeout: the task took longer than {total:g} s"
+            + (
+                f" (waiting to retry after: {cause.kind.value}: {cause.message})"
+                if cause is not None
+                else ""
+            ),
+        )
 
     async def _attempts(self) -> bool:
         """Attempts until one is accepted (`Started` sent) or the last one fails; then the

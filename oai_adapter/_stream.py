@@ -372,7 +372,10 @@ class Submission:
         return task, endpoint
 
     async def __aenter__(self) -> EventStream:
+        if self._state is not None:
+            raise RuntimeError("a submit() is entered once")
         task, endpoint = self._task()
+        self._req = None  # the reader has what it needs: the block does not keep the request
         self._state = state = task.state
         # Entered by hand: the nursery spans this call and `__aexit__`, the user's block
         # between them (the reader runs in it while the user iterates).

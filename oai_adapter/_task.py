@@ -110,35 +110,42 @@ class _Reader:
     __slots__ = (
         "_first_deadline",
         "_first_token_read",
+        "_max_tokens",
         "_pending",
+        "body",
         "config",
         "decoder",
         "endpoint",
         "first_token_at",
+        "headers",
         "last_token_at",
         "mapper",
         "output_seen",
-        "req",
         "retry_cause",
         "send",
         "started",
         "started_at",
         "state",
-        "task",
+        "task_id",
         "tlog",
     )
 
     def __init__(self, endpoint: Endpoint, task: Task) -> None:
         self.endpoint = endpoint
         self.config = endpoint.config
-        self.task = task
         self.state = task.state
-        self.req = req = task.req
+        # What attempts send. Only attempts before `Started` need it (none follows it), so
+        # `_start` drops it: a running stream keeps neither the request body nor the
+        # `TaskRequest` (nor the `Task`, which is not kept).
+        self.body: bytes | None = task.body
+        self.headers: dict[str, str] | None = task.headers
+        self.task_id = task.req.task_id
+        self._max_tokens = _token_limit(task.req)
         self.send = task.send
         self.tlog = task.tlog
         self.started_at = task.started_at
         self.started: Started | None = None
-        self.mapper: Mapper = MAPPERS[self.config.api](req.task_id, max_tokens=_token_limit(req))
+        self.mapper = self._new_mapper()
         self.decoder = SSEDecoder()
         self.first_token_at: float | None = None
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
@@ -182,9 +189,7 @@ class _Reader:
                         self.retry_cause, error = error, None
                         await trio.sleep(delay)  # within `total`: past it, DEADLINE_UNMET
                         self.retry_cause = None
-                        self.mapper = MAPPERS[self.config.api](
-                            self.req.task_id, max_tokens=_token_limit(self.req)
-                        )
+                        self.mapper = self._new_mapper()
                         self.decoder = SSEDecoder()
                     scope.deadline = (
                         math.inf
@@ -198,6 +203,9 @@ class _Reader:
                     await self._finish(self._total_timeout())
         finally:
             state.done.set()
+
+    def _new_mapper(self) -> Mapper:
+        return MAPPERS[self.config.api](self.task_id, max_tokens=self._max_tokens)
 
     def _retry_delay(self, error: WorkerError, attempt: int) -> float | None:
         """The backoff before the next attempt after `error`, or None: no retry (the stream had
@@ -265,7 +273,7 @@ class _Reader:
         with trio.CancelScope(deadline=first_deadline) as deadline_scope:
             try:
                 async with endpoint.upstream.open_stream(
-                    endpoint.url, json=self.task.body, headers=self.task.headers
+                    endpoint.url, json=self.body, headers=self.headers
                 ) as resp:
                     out = await self._accept(resp, first_deadline)
                     deadline_scope.deadline = math.inf
@@ -363,7 +371,7 @@ class _Reader:
         """Send `Started`, with `out` (the events mapped with the first one)."""
         config = self.config
         self.started = Started(
-            task_id=self.req.task_id,
+            task_id=self.task_id,
             model=config.model,
             attempt=attempt,
             http_version=resp.http_version,
@@ -376,6 +384,10 @@ class _Reader:
         )
         if litellm := resp.headers.get("x-litellm-version"):
             self.endpoint.info.litellm_version = litellm
+        # No attempt follows `Started`: what only attempts need is not kept for the stream's
+        # life (the request body and headers, the response's headers).
+        self.body = self.headers = None
+        resp.forget_headers()
         pending, self._pending = self._pending, []
         if pending and not self.mapper.done:
             # What came in the same read as the first event, mapped now that the stream is
@@ -528,7 +540,7 @@ class _Reader:
         decode_ms = (last - first) * 1000.0 if first is not None and last is not None else None
         duration_ms = (now - self.started_at) * 1000.0
         out: list[Event] = []
-        task_id = self.req.task_id
+        task_id = self.task_id
         metrics: Metrics | None = None
         if self.started is not None:
             metrics = Metrics(

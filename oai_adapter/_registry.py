@@ -34,10 +34,11 @@ class TaskState:
     """What `cancel()`, the consumer and the reader share about one task."""
 
     __slots__ = (
+        "_done",
         "attempts",
         "cancel_requested",
-        "done",
         "draining",
+        "reader_done",
         "retry_refused",
         "scope",
         "stopped",
@@ -51,7 +52,11 @@ class TaskState:
         self.scope = trio.CancelScope()
         self.stopped = False  # `stop()` was called: the reader sends no `End`
         self.cancel_requested = False
-        self.done = trio.Event()  # the reader has finished and closed (or handed off) its response
+        # The reader has finished and closed (or handed off) its response: `reader_finished()`.
+        # The event is made only when someone waits for it (a cancel's `End`): most tasks end
+        # without, and an Event per open stream is ~0.3 KB (docs/performance.md, memory).
+        self.reader_done = False
+        self._done: trio.Event | None = None
         # The response the reader handed to a background drain after the upstream finished:
         # a cancel that comes later closes it before `End(cancelled)` is returned.
         self.draining: Draining | None = None
@@ -59,6 +64,20 @@ class TaskState:
         # retry budget refused the retry after the last one (`EventStream.statistics()`).
         self.attempts = 0
         self.retry_refused = False
+
+    def reader_finished(self) -> None:
+        """The reader has finished and closed (or handed to a drain) its response."""
+        self.reader_done = True
+        if self._done is not None:
+            self._done.set()
+
+    async def wait_reader(self) -> None:
+        """Wait until `reader_finished()` (a checkpoint when it already was)."""
+        if self._done is None:
+            self._done = trio.Event()
+            if self.reader_done:
+                self._done.set()
+        await self._done.wait()
 
     def stop(self) -> None:
         """End the reader on purpose (a cancel, or the consumer closed the stream or left the

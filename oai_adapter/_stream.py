@@ -254,7 +254,7 @@ class EventStream(BatchStream["TaskState"]):
         return EventStreamStatistics(
             buffered_batches=buffered,
             tokens_delivered=self.tokens_delivered,
-            reader_done=self._state.done.is_set(),
+            reader_done=self._state.reader_done,
             attempts=self._state.attempts,
             retry_refused=self._state.retry_refused,
         )
@@ -288,7 +288,7 @@ class EventStream(BatchStream["TaskState"]):
 
     async def _producer_stopped(self) -> None:
         state = self._state
-        await state.done.wait()  # the reader has closed the upstream response, or handed it
+        await state.wait_reader()  # the reader has closed the upstream response, or handed it
         if state.draining is not None:  # to a drain after the upstream finished: close it now
             await state.draining.aclose_now()
 

@@ -101,8 +101,8 @@ class _Failed(Exception):
 
 def run_task(endpoint: Endpoint, task: Task) -> Coroutine[object, object, None]:
     """The reader task, for `nursery.start_soon(run_task, endpoint, task)`. Sends every event
-    but a cancel's `End`; sets `task.state.done` last. A plain function that returns the
-    reader's coroutine: one frame less on the stack of every waiting stream."""
+    but a cancel's `End`; calls `task.state.reader_finished()` last. A plain function that
+    returns the reader's coroutine: one frame less on the stack of every waiting stream."""
     return _Reader(endpoint, task).run()
 
 
@@ -202,7 +202,7 @@ class _Reader:
                 with state.renew_scope():
                     await self._finish(self._total_timeout())
         finally:
-            state.done.set()
+            state.reader_finished()
 
     def _new_mapper(self) -> Mapper:
         return MAPPERS[self.config.api](self.task_id, max_tokens=self._max_tokens)

@@ -356,7 +356,7 @@ class Submission:
             job_id=req.task_id,
             session_id=req.session_id,
             correlation_id=correlation_id,
-            **endpoint.log_fields(),
+            endpoint_fields=endpoint.log_fields(),
         )
         send, self._receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
         endpoint.retry_budget.record_submit()

@@ -20,7 +20,8 @@ attempts, deadlines and events. Given an `Endpoint` and a `Task`, nothing more.
 
 Invariants: at most one `Started`, and never a retry after it; exactly one `End` unless the
 task was cancelled (then the consumer makes `End(cancelled)`); the upstream response is closed,
-with a bounded, shielded cleanup, before `done` is set — except after the upstream said it
+with a bounded, shielded cleanup, before the reader says it finished
+(`TaskState.reader_finished()`) — except after the upstream said it
 finished: then the connection goes back to the pool at once if the body's end is already here,
 else `Metrics` and `End` are sent first and the body's tail is drained (and the response
 closed) in the `Upstream`'s background, so `End` never waits for a server that holds the body
@@ -164,44 +165,42 @@ class _Reader:
         read, and every coroutine frame on it is kept for the stream's life."""
         state = self.state
         try:
-            async with self.send:
-                # `cancel()` and the `total` deadline both end the task: the scope `cancel()`
-                # reaches carries the deadline too (one scope, not two: trio keeps two sets per
-                # entered scope; docs/performance.md, memory).
-                scope = state.scope
-                scope.deadline = self.started_at + self.config.timeouts.total
-                with scope:
-                    error: WorkerError | None = None
-                    attempt = 0
-                    while True:
-                        attempt += 1
-                        self.tlog.attempt = attempt
-                        state.attempts = attempt  # `EventStream.statistics().attempts`
-                        try:
-                            if await self._attempt(attempt):
-                                return  # `End` sent; a tail is drained in the background
-                            break  # the body ended without an end marker: no error
-                        except _Failed as failed:
-                            error = failed.error
-                        delay = self._retry_delay(error, attempt)
-                        if delay is None:
-                            break
-                        self.retry_cause, error = error, None
-                        await trio.sleep(delay)  # within `total`: past it, DEADLINE_UNMET
-                        self.retry_cause = None
-                        self.mapper = self._new_mapper()
-                        self.decoder = SSEDecoder()
-                    scope.deadline = (
-                        math.inf
-                    )  # this `End` goes out however late; only a stop ends it
-                    await self._finish(error)
-                    return
-                if state.stopped:
-                    return  # cancelled, or the consumer left: it makes its own `End`
-                # The deadline passed: its `End`, in a fresh scope that a stop still reaches.
-                with state.renew_scope():
-                    await self._finish(self._total_timeout())
+            # `cancel()` and the `total` deadline both end the task: the scope `cancel()`
+            # reaches carries the deadline too (one scope, not two: trio keeps two sets per
+            # entered scope; docs/performance.md, memory).
+            scope = state.scope
+            scope.deadline = self.started_at + self.config.timeouts.total
+            with scope:
+                error: WorkerError | None = None
+                attempt = 0
+                while True:
+                    attempt += 1
+                    self.tlog.attempt = attempt
+                    state.attempts = attempt  # `EventStream.statistics().attempts`
+                    try:
+                        if await self._attempt(attempt):
+                            return  # `End` sent; a tail is drained in the background
+                        break  # the body ended without an end marker: no error
+                    except _Failed as failed:
+                        error = failed.error
+                    delay = self._retry_delay(error, attempt)
+                    if delay is None:
+                        break
+                    self.retry_cause, error = error, None
+                    await trio.sleep(delay)  # within `total`: past it, DEADLINE_UNMET
+                    self.retry_cause = None
+                    self.mapper = self._new_mapper()
+                    self.decoder = SSEDecoder()
+                scope.deadline = math.inf  # this `End` goes out however late; only a stop ends it
+                await self._finish(error)
+                return
+            if state.stopped:
+                return  # cancelled, or the consumer left: it makes its own `End`
+            # The deadline passed: its `End`, in a fresh scope that a stop still reaches.
+            with state.renew_scope():
+                await self._finish(self._total_timeout())
         finally:
+            self.send.close()  # synchronous: no scheduler pass between a cancel and the end
             state.reader_finished()
 
     def _new_mapper(self) -> Mapper:

@@ -19,6 +19,7 @@ import trio.testing
 import trustme
 
 from oai_adapter import ErrorKind
+from oai_adapter import _h11transport as h11transport
 from oai_adapter._errors import error_from_transport
 from oai_adapter._h11transport import BODY_EXTENSION, H11Body, H11Transport
 from oai_adapter._tls import build_ssl_context, shared_ssl_context
@@ -41,9 +42,18 @@ def make_transport(max_connections: int = 10, **kw: object) -> H11Transport:
 
 
 @asynccontextmanager
-async def client_on(transport: H11Transport) -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(transport=transport, trust_env=False) as client:
+async def client_on(
+    transport: H11Transport, timeouts: httpx2.Timeout | None = None
+) -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(
+        transport=transport, trust_env=False, timeout=timeouts or httpx2.Timeout(5.0)
+    ) as client:
         yield client
+
+
+#: As the adapter sends: no read timeout (its own deadlines bound reads), so reads take the
+#: transport's hot path.
+NO_READ_TIMEOUT = httpx2.Timeout(5.0, read=None)
 
 
 async def open_chat(client: httpx2.AsyncClient, base_url: str) -> httpx2.Response:
@@ -298,3 +308,106 @@ async def test_untrusted_certificate_is_a_connect_error_mapped_to_policy(
     assert error_from_transport(caught.value, after_headers=False).kind is ErrorKind.POLICY
     assert transport.statistics().connections == 0
     assert upstream.completion_requests() == []
+
+
+async def _serve_waiting_body(nursery: trio.Nursery, size: int, written: trio.Event) -> str:
+    """A server that answers with a `size`-byte body written at once, setting `written` when
+    the kernel has taken all of it: from then on the client finds data waiting on every read
+    (the bulk case). Returns the base URL."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        await stream.send_all(head + b"content-length: %d\r\n\r\n" % size + b"x" * size)
+        written.set()
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(trio.serve_tcp, serve, 0)
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1"
+
+
+#: Small enough for loopback's socket buffers to hold it all (the server's write completes);
+#: read 4 KiB at a time (`READ_SIZE`, patched) so that it takes many reads, each finding the
+#: next 4 KiB waiting.
+_WAITING = 128 * 1024
+_SMALL_READ = 4096
+
+
+async def test_every_read_of_a_waiting_body_lets_other_tasks_run(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain socket is read off its file descriptor, trying the socket first after a full
+    read: each socket read is still a schedule point, so a body that is all there never
+    starves other tasks."""
+    monkeypatch.setattr(h11transport, "READ_SIZE", _SMALL_READ)
+    written = trio.Event()
+    base_url = await _serve_waiting_body(nursery, _WAITING, written)
+    ticks = 0
+
+    async def ticker(task_status: trio.TaskStatus[None]) -> None:
+        nonlocal ticks
+        task_status.started()
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport, NO_READ_TIMEOUT) as client, trio.open_nursery() as inner:
+            response = await open_chat(client, base_url)
+            body = body_of(response)
+            await written.wait()
+            await inner.start(ticker)
+            reads = got = ticks = 0
+            while got < _WAITING:
+                got += len(await body.receive_some())
+                reads += 1
+            # trio runs every runnable task once per scheduling batch, in random order: one
+            # schedule point per read lets the ticker run about once per read
+            assert reads > _WAITING // _SMALL_READ // 2
+            assert ticks >= reads - 2, (ticks, reads)
+            await response.aclose()
+            inner.cancel_scope.cancel()
+
+
+async def test_a_read_of_a_waiting_body_is_a_cancel_point(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h11transport, "READ_SIZE", _SMALL_READ)
+    written = trio.Event()
+    base_url = await _serve_waiting_body(nursery, _WAITING, written)
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport, NO_READ_TIMEOUT) as client:
+            response = await open_chat(client, base_url)
+            body = body_of(response)
+            await written.wait()
+            # reads until one fills the buffer: the next read tries the socket first
+            while len(await body.receive_some()) < _SMALL_READ:
+                pass
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await body.receive_some()
+            assert scope.cancelled_caught
+            await response.aclose()
+            assert transport.statistics().connections == 0
+
+
+async def test_a_body_read_after_the_transport_closed_fails_even_when_its_fd_is_reused(
+    upstream: FakeUpstream,
+) -> None:
+    """A plain socket is read off its file descriptor: once the transport has closed it, the
+    number may belong to a newer socket, and the old body must not read that socket's bytes."""
+    upstream.script(Reply(steps=[Stream(tokens=1), Hang()]))
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport, NO_READ_TIMEOUT) as client:
+            response = await open_chat(client, upstream.base_url)
+            body = body_of(response)
+            assert await body.receive_some()
+            await transport.aclose()  # closes the connection in use
+            with trio.socket.socket() as newer:  # likely given the closed socket's number
+                await newer.connect(("127.0.0.1", upstream.port))
+                with pytest.raises(httpx2.ReadError):
+                    await body.receive_some()
+            await response.aclose()

@@ -16,6 +16,12 @@ stream done, `gc.collect()`):
                  coroutine's size includes its frame (CPython 3.11 embeds frames)
   traced         tracemalloc's view (in its own process: tracing inflates RSS) by the line that
                  allocated, per stream
+  peak           tracemalloc's peak while the streams opened, per stream: what was alive at
+                 once at the worst moment (all of them connecting and sending). pymalloc gives
+                 an arena back only when it is wholly empty, so RSS follows the peak more than
+                 what stays in use: what is freed after it is the "free" column
+  stacks         the trio tasks alive per stream and their coroutine stacks (frame by frame,
+                 `sys.getsizeof`): what a waiting stream keeps on its stacks
 
 Contenders (`_contenders.py`): raw (trio socket streams, no HTTP parsing), h11-task (the
 design's shape at its leanest), floor (httpx2 streaming), adapter. Target: the adapter
@@ -119,6 +125,29 @@ def census() -> tuple[Counter[str], Counter[str]]:
     return counts, sizes
 
 
+def task_stacks(streams: int) -> list[tuple[float, list[tuple[str, int]]]]:
+    """The coroutine stacks of the trio tasks alive now, grouped by shape: (tasks per stream,
+    [(frame, bytes), …] outermost first), for the shapes with at least one task per 2 streams."""
+    import trio
+
+    shapes: Counter[tuple[str, ...]] = Counter()
+    frames_of: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+        frames: list[tuple[str, int]] = []
+        coro: Any = task.coro
+        while coro is not None:
+            code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+            frames.append((code.co_qualname if code else type(coro).__name__, sys.getsizeof(coro)))
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        shape = tuple(name for name, _ in frames)
+        shapes[shape] += 1
+        frames_of[shape] = frames
+    return [(n / streams, frames_of[s]) for s, n in shapes.most_common() if n * 2 >= streams]
+
+
 def state() -> dict[str, Any]:
     gc.collect()
     return {"rss": rss_kib() * 1024, "pymalloc": pymalloc_state(), "malloc": malloc_state()}
@@ -176,29 +205,35 @@ def child(kind: str, port: int, streams: int, trace: bool) -> dict[str, Any]:
             async def one(i: int) -> None:
                 await fn(port, PATH, body, probe())
 
-        if trace:
+        counts0, sizes0 = census()
+        before = state()
+        if trace:  # after the census: what measures is not measured
             import tracemalloc
 
             tracemalloc.start(1)
             snap0 = tracemalloc.take_snapshot()
-        counts0, sizes0 = census()
-        before = state()
+            traced0 = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
         try:
             async with trio.open_nursery() as nursery:
                 for i in range(streams):
                     nursery.start_soon(one, i)
                 await all_open.wait()
                 after = state()
-                counts1, sizes1 = census()
                 if trace:
+                    out["traced_peak_per_stream"] = (
+                        tracemalloc.get_traced_memory()[1] - traced0
+                    ) / streams
                     snap1 = tracemalloc.take_snapshot()
                     tracemalloc.stop()
                     by_line = snap1.compare_to(snap0, "lineno")
                     out["traced_per_stream"] = sum(s.size_diff for s in by_line) / streams
                     out["trace_lines"] = [
                         (_short(str(s.traceback[0])), s.size_diff / streams, s.count_diff / streams)
-                        for s in sorted(by_line, key=lambda s: -s.size_diff)[:14]
+                        for s in sorted(by_line, key=lambda s: -s.size_diff)[:20]
                     ]
+                counts1, sizes1 = census()
+                out["stacks"] = task_stacks(streams)
                 nursery.cancel_scope.cancel()
         finally:
             if adapter is not None:
@@ -252,11 +287,12 @@ def main() -> None:
             r = run_child(common)
             t = run_child([*common, "--trace"])
             r["traced_per_stream"], r["trace_lines"] = t["traced_per_stream"], t["trace_lines"]
+            r["traced_peak_per_stream"] = t["traced_peak_per_stream"]
             results[kind] = r
     print(f"Memory per open stream, {streams:,} streams open at once (bytes per stream)")
     print(
         f"{'contender':<9} {'RSS':>7} {'pymalloc':>9} {'in use':>7} {'free':>6}"
-        f" {'malloc':>7} {'in use':>7} {'free':>6} {'other':>7} {'traced':>7}"
+        f" {'malloc':>7} {'in use':>7} {'free':>6} {'other':>7} {'traced':>7} {'peak':>7}"
     )
     for kind, r in results.items():
         pm, m = r["pymalloc"], r["malloc"]
@@ -267,11 +303,17 @@ def main() -> None:
             f"{kind:<9} {r['rss']:>7,.0f} {pm.get('arenas', 0):>9,.0f} {pm.get('in_use', 0):>7,.0f}"
             f" {free_pm:>6,.0f} {m.get('total', 0):>7,.0f} {m.get('in_use', 0):>7,.0f}"
             f" {m.get('free', 0):>6,.0f} {other:>7,.0f} {r['traced_per_stream']:>7,.0f}"
+            f" {r['traced_peak_per_stream']:>7,.0f}"
         )
     for kind, r in results.items():
         print(f"\n{kind}: gc-tracked objects per stream (count, bytes by sys.getsizeof)")
         for name, count, size in r["objects"]:
             print(f"  {size:>7,.0f} B  {count:>5.1f} × {name}")
+        print(f"{kind}: trio tasks per stream, their coroutine stacks (outermost first)")
+        for per_stream, frames in r["stacks"]:
+            total = sum(size for _, size in frames)
+            print(f"  {per_stream:.1f} × {len(frames)} frames, {total:,} B:")
+            print("    " + " → ".join(f"{name} {size}" for name, size in frames))
         print(f"{kind}: allocations per stream by line (tracemalloc)")
         for where, size, count in r["trace_lines"]:
             print(f"  {size:>7,.0f} B  {count:>5.1f} blocks  {where}")

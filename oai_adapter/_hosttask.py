@@ -100,7 +100,7 @@ class HostEventStream(BatchStream[TaskState]):
     _PRODUCER = "the host's driver"
 
     def __init__(self, pool: Pool, task: TaskState, pipe: _Pipe) -> None:
-        super().__init__(task)
+        super().__init__(task, self._next_batch)
         self._pool = pool
         self._pipe = pipe
 

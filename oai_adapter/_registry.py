@@ -6,6 +6,12 @@ that is running; `discard` takes out exactly the entry it was given, so a late d
 finished task never removes a newer task that reused its id. `cancel` sets the flag first and
 then cancels the reader's scope; it never blocks. The registry knows nothing of threads: the
 adapter checks it is called from its trio thread before it gets here.
+
+The reader's scope also carries the task's `total` deadline (one cancel scope for both ends of
+a task, not two: trio keeps two sets per entered scope, docs/performance.md "Memory per open
+stream"). So everything that ends the reader on purpose goes through `TaskState.stop()`, and
+`stopped` tells the reader which it was: False after its scope was cancelled means the
+deadline passed.
 """
 
 from __future__ import annotations
@@ -28,20 +34,29 @@ class TaskState:
     """What `cancel()`, the consumer and the reader share about one task."""
 
     __slots__ = (
+        "_done",
         "attempts",
         "cancel_requested",
-        "done",
         "draining",
+        "reader_done",
         "retry_refused",
         "scope",
+        "stopped",
         "task_id",
     )
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        self.scope = trio.CancelScope()  # cancelled by cancel(task_id) and by leaving `submit`
+        # The reader runs in it. Cancelled by `stop()` (cancel(task_id), leaving `submit`) and by
+        # its deadline, the task's `total`, which the reader sets.
+        self.scope = trio.CancelScope()
+        self.stopped = False  # `stop()` was called: the reader sends no `End`
         self.cancel_requested = False
-        self.done = trio.Event()  # the reader has finished and closed (or handed off) its response
+        # The reader has finished and closed (or handed off) its response: `reader_finished()`.
+        # The event is made only when someone waits for it (a cancel's `End`): most tasks end
+        # without, and an Event per open stream is ~0.3 KB (docs/performance.md, memory).
+        self.reader_done = False
+        self._done: trio.Event | None = None
         # The response the reader handed to a background drain after the upstream finished:
         # a cancel that comes later closes it before `End(cancelled)` is returned.
         self.draining: Draining | None = None
@@ -49,6 +64,32 @@ class TaskState:
         # retry budget refused the retry after the last one (`EventStream.statistics()`).
         self.attempts = 0
         self.retry_refused = False
+
+    def reader_finished(self) -> None:
+        """The reader has finished and closed (or handed to a drain) its response."""
+        self.reader_done = True
+        if self._done is not None:
+            self._done.set()
+
+    async def wait_reader(self) -> None:
+        """Wait until `reader_finished()` (a checkpoint when it already was)."""
+        if self._done is None:
+            self._done = trio.Event()
+            if self.reader_done:
+                self._done.set()
+        await self._done.wait()
+
+    def stop(self) -> None:
+        """End the reader on purpose (a cancel, or the consumer closed the stream or left the
+        block): its scope is cancelled and it sends no `End`. Never blocks; idempotent."""
+        self.stopped = True
+        self.scope.cancel()
+
+    def renew_scope(self) -> trio.CancelScope:
+        """For the reader after its scope's deadline passed (not `stop()`): a fresh scope, without
+        a deadline, that `stop()` reaches, to send the deadline's `End` in."""
+        self.scope = trio.CancelScope()
+        return self.scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +128,7 @@ class TaskRegistry:
         if state is None or state.cancel_requested:
             return False
         state.cancel_requested = True
-        state.scope.cancel()
+        state.stop()
         return True
 
     def running(self) -> frozenset[str]:

@@ -19,6 +19,7 @@ telemetry to use, builds the `Task` its reader needs, and owns the task's nurser
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -117,14 +118,16 @@ class BatchStream(Generic[S]):
     The one consumer-side iterator of the library (the adapter's `EventStream` and the host's
     stream are both this): no scheduler trip per event, a checkpoint every `CHECKPOINT_EVERY`
     events, and `cancel_requested` looked at before every event. A subclass says where batches
-    come from (`_next_batch`), what a cancel's `End` waits for (`_producer_stopped`) and what
-    ending does (`_end`).
+    come from (`_fetch`, an async callable: the channel's own `receive` where nothing else is
+    owed, so a waiting stream's stack has no frame of ours under `_refill`), what a cancel's
+    `End` waits for (`_producer_stopped`) and what ending does (`_end`).
     """
 
     __slots__ = (
         "_batch",
         "_closed",
         "_delivered",
+        "_fetch",
         "_finished",
         "_limit",
         "_pos",
@@ -135,8 +138,10 @@ class BatchStream(Generic[S]):
     #: Who sends the batches, for the message of a producer that ends without an `End` (a bug).
     _PRODUCER = "the producer"
 
-    def __init__(self, state: S) -> None:
+    def __init__(self, state: S, fetch: Callable[[], Awaitable[list[Event]]]) -> None:
         self._state = state
+        #: The producer's next batch; `trio.EndOfChannel` when it has stopped.
+        self._fetch = fetch
         self._batch: list[Event] = []
         self._pos = 0
         # `_batch[_pos:_limit]` can be handed out without a check-in: no End among them and
@@ -167,10 +172,6 @@ class BatchStream(Generic[S]):
             self._pos = pos + 1
             return self._batch[pos]
         return await self._refill()
-
-    async def _next_batch(self) -> list[Event]:
-        """The producer's next batch; `trio.EndOfChannel` when it has stopped."""
-        raise NotImplementedError
 
     async def _producer_stopped(self) -> None:
         """Wait until the producer has stopped and closed the upstream response."""
@@ -204,7 +205,9 @@ class BatchStream(Generic[S]):
         else:
             self._delivered = self.tokens_delivered
             try:
-                batch = await self._next_batch()
+                batch = await self._fetch()
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError(self._closed_message()) from None
             except trio.EndOfChannel:
                 if state.cancel_requested:
                     return await self._cancelled()
@@ -244,7 +247,7 @@ class EventStream(BatchStream["TaskState"]):
         tlog: TaskLog,
         registry: TaskRegistry,
     ) -> None:
-        super().__init__(state)
+        super().__init__(state, receive.receive)
         self._receive = receive
         self._tlog = tlog
         self._registry = registry
@@ -254,7 +257,7 @@ class EventStream(BatchStream["TaskState"]):
         return EventStreamStatistics(
             buffered_batches=buffered,
             tokens_delivered=self.tokens_delivered,
-            reader_done=self._state.done.is_set(),
+            reader_done=self._state.reader_done,
             attempts=self._state.attempts,
             retry_refused=self._state.retry_refused,
         )
@@ -270,7 +273,7 @@ class EventStream(BatchStream["TaskState"]):
         if self._closed:
             return
         self._closed = True
-        self._state.scope.cancel()
+        self._state.stop()
         self._delivered = self.tokens_delivered
         self._batch = []
         self._pos = self._limit = 0
@@ -280,15 +283,9 @@ class EventStream(BatchStream["TaskState"]):
     def _closed_message(self) -> str:
         return _LEFT
 
-    async def _next_batch(self) -> list[Event]:
-        try:
-            return await self._receive.receive()
-        except trio.ClosedResourceError:
-            raise trio.ClosedResourceError(_LEFT) from None
-
     async def _producer_stopped(self) -> None:
         state = self._state
-        await state.done.wait()  # the reader has closed the upstream response, or handed it
+        await state.wait_reader()  # the reader has closed the upstream response, or handed it
         if state.draining is not None:  # to a drain after the upstream finished: close it now
             await state.draining.aclose_now()
 
@@ -356,7 +353,7 @@ class Submission:
             job_id=req.task_id,
             session_id=req.session_id,
             correlation_id=correlation_id,
-            **endpoint.log_fields(),
+            endpoint_fields=endpoint.log_fields(),
         )
         send, self._receive = trio.open_memory_channel[list[Event]](CHANNEL_BATCHES)
         endpoint.retry_budget.record_submit()
@@ -372,7 +369,10 @@ class Submission:
         return task, endpoint
 
     async def __aenter__(self) -> EventStream:
+        if self._state is not None:
+            raise RuntimeError("a submit() is entered once")
         task, endpoint = self._task()
+        self._req = None  # the reader has what it needs: the block does not keep the request
         self._state = state = task.state
         # Entered by hand: the nursery spans this call and `__aexit__`, the user's block
         # between them (the reader runs in it while the user iterates).
@@ -401,7 +401,7 @@ class Submission:
         stream = self._stream
         if stream is not None:
             stream._close_nowait()  # cancels the reader, narrates, leaves the registry
-        state.scope.cancel()
+        state.stop()
         try:
             return await leave_nursery(cm, exc_type, exc, tb)
         finally:

@@ -20,7 +20,8 @@ attempts, deadlines and events. Given an `Endpoint` and a `Task`, nothing more.
 
 Invariants: at most one `Started`, and never a retry after it; exactly one `End` unless the
 task was cancelled (then the consumer makes `End(cancelled)`); the upstream response is closed,
-with a bounded, shielded cleanup, before `done` is set — except after the upstream said it
+with a bounded, shielded cleanup, before the reader says it finished
+(`TaskState.reader_finished()`) — except after the upstream said it
 finished: then the connection goes back to the pool at once if the body's end is already here,
 else `Metrics` and `End` are sent first and the body's tail is drained (and the response
 closed) in the `Upstream`'s background, so `End` never waits for a server that holds the body
@@ -30,6 +31,7 @@ open after `[DONE]`.
 from __future__ import annotations
 
 import math
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Final
 
 import httpx2
@@ -98,48 +100,53 @@ class _Failed(Exception):
         self.error = error
 
 
-async def run_task(endpoint: Endpoint, task: Task) -> None:
-    """The reader task. Sends every event but a cancel's `End`; sets `task.state.done` last."""
-    state = task.state
-    try:
-        with state.scope:
-            await _Reader(endpoint, task).run()
-    finally:
-        task.send.close()  # synchronous: no scheduler pass between a cancel and `done`
-        state.done.set()
+def run_task(endpoint: Endpoint, task: Task) -> Coroutine[object, object, None]:
+    """The reader task, for `nursery.start_soon(run_task, endpoint, task)`. Sends every event
+    but a cancel's `End`; calls `task.state.reader_finished()` last. A plain function that
+    returns the reader's coroutine: one frame less on the stack of every waiting stream."""
+    return _Reader(endpoint, task).run()
 
 
 class _Reader:
     __slots__ = (
         "_first_deadline",
         "_first_token_read",
+        "_max_tokens",
         "_pending",
+        "body",
         "config",
         "decoder",
         "endpoint",
         "first_token_at",
+        "headers",
         "last_token_at",
         "mapper",
         "output_seen",
-        "req",
         "retry_cause",
         "send",
         "started",
         "started_at",
-        "task",
+        "state",
+        "task_id",
         "tlog",
     )
 
     def __init__(self, endpoint: Endpoint, task: Task) -> None:
         self.endpoint = endpoint
         self.config = endpoint.config
-        self.task = task
-        self.req = req = task.req
+        self.state = task.state
+        # What attempts send. Only attempts before `Started` need it (none follows it), so
+        # `_start` drops it: a running stream keeps neither the request body nor the
+        # `TaskRequest` (nor the `Task`, which is not kept).
+        self.body: bytes | None = task.body
+        self.headers: dict[str, str] | None = task.headers
+        self.task_id = task.req.task_id
+        self._max_tokens = _token_limit(task.req)
         self.send = task.send
         self.tlog = task.tlog
         self.started_at = task.started_at
         self.started: Started | None = None
-        self.mapper: Mapper = MAPPERS[self.config.api](req.task_id, max_tokens=_token_limit(req))
+        self.mapper = self._new_mapper()
         self.decoder = SSEDecoder()
         self.first_token_at: float | None = None
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
@@ -154,72 +161,102 @@ class _Reader:
     # --- the task ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        timeouts = self.config.timeouts
-        error: WorkerError | None = None
-        with trio.move_on_at(self.started_at + timeouts.total) as total_scope:
-            try:
-                if await self._attempts():
-                    return  # `End` sent; the response's tail is drained in the background
-            except _Failed as failed:
-                error = failed.error
-        if total_scope.cancelled_caught:
-            cause = self.retry_cause
-            error = make_error(
-                ErrorKind.DEADLINE_UNMET,
-                f"total timeout: the task took longer than {timeouts.total:g} s"
-                + (
-                    f" (waiting to retry after: {cause.kind.value}: {cause.message})"
-                    if cause is not None
-                    else ""
-                ),
-            )
-        await self._finish(error)
+        """Attempts until one is accepted (`Started` sent) or the last one fails, the stream
+        (in the accepted attempt, `_attempt`), and `End`. The retry loop is here, not in a
+        function of its own: a waiting stream's stack is `run` → `_attempt` → `_stream` → the
+        read, and every coroutine frame on it is kept for the stream's life."""
+        state = self.state
+        try:
+            # `cancel()` and the `total` deadline both end the task: the scope `cancel()`
+            # reaches carries the deadline too (one scope, not two: trio keeps two sets per
+            # entered scope; docs/performance.md, memory).
+            scope = state.scope
+            scope.deadline = self.started_at + self.config.timeouts.total
+            with scope:
+                error: WorkerError | None = None
+                attempt = 0
+                while True:
+                    attempt += 1
+                    self.tlog.attempt = attempt
+                    state.attempts = attempt  # `EventStream.statistics().attempts`
+                    try:
+                        if await self._attempt(attempt):
+                            return  # `End` sent; a tail is drained in the background
+                        break  # the body ended without an end marker: no error
+                    except _Failed as failed:
+                        error = failed.error
+                    delay = self._retry_delay(error, attempt)
+                    if delay is None:
+                        break
+                    self.retry_cause, error = error, None
+                    await trio.sleep(delay)  # within `total`: past it, DEADLINE_UNMET
+                    self.retry_cause = None
+                    self.mapper = self._new_mapper()
+                    self.decoder = SSEDecoder()
+                scope.deadline = math.inf  # this `End` goes out however late; only a stop ends it
+                await self._finish(error)
+                return
+            if state.stopped:
+                return  # cancelled, or the consumer left: it makes its own `End`
+            # The deadline passed: its `End`, in a fresh scope that a stop still reaches.
+            with state.renew_scope():
+                await self._finish(self._total_timeout())
+        finally:
+            self.send.close()  # synchronous: no scheduler pass between a cancel and the end
+            state.reader_finished()
 
-    async def _attempts(self) -> bool:
-        """Attempts until one is accepted (`Started` sent) or the last one fails; then the
-        stream. True when `End` was sent; raises `_Failed` with the error to end on."""
+    def _new_mapper(self) -> Mapper:
+        return MAPPERS[self.config.api](self.task_id, max_tokens=self._max_tokens)
+
+    def _retry_delay(self, error: WorkerError, attempt: int) -> float | None:
+        """The backoff before the next attempt after `error`, or None: no retry (the stream had
+        started, the error is final, attempts are used up, or the retry budget refused)."""
         policy = self.config.retry
-        attempt = 0
-        while True:
-            attempt += 1
-            self.tlog.attempt = attempt
-            self.task.state.attempts = attempt  # `EventStream.statistics().attempts`
-            try:
-                return await self._attempt(attempt)
-            except _Failed as failed:
-                error = failed.error
-                if self.started is not None:
-                    raise  # never a retry after `Started`
-                if not error.retryable or attempt >= policy.max_attempts:
-                    raise
-                if not self.endpoint.retry_budget.try_spend():
-                    self.task.state.retry_refused = True
-                    self.tlog.warning(
-                        f"attempt {attempt} failed ({error.kind.value}: {error.message});"
-                        " the retry budget refused a retry",
-                        error_kind=error.kind.value,
-                        status=error.status,
-                        retryable=error.retryable,
-                        retry_after_ms=error.retry_after_ms,
-                    )
-                    raise
-                delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=self.endpoint.rng)
-                self.tlog.warning(
-                    f"attempt {attempt} failed ({error.kind.value}"
-                    f"{f', status {error.status}' if error.status else ''}: {error.message}), "
-                    f"retrying in {delay * 1000:.0f} ms",
-                    error_kind=error.kind.value,
-                    status=error.status,
-                    retryable=error.retryable,
-                    retry_after_ms=error.retry_after_ms,
-                )
-                self.retry_cause = error
-                await trio.sleep(delay)  # within `total`: a backoff past it ends as DEADLINE_UNMET
-                self.retry_cause = None
-                self.mapper = MAPPERS[self.config.api](
-                    self.req.task_id, max_tokens=_token_limit(self.req)
-                )
-                self.decoder = SSEDecoder()
+        if self.started is not None:
+            return None  # never a retry after `Started`
+        if not error.retryable or attempt >= policy.max_attempts:
+            return None
+        if not self.endpoint.retry_budget.try_spend():
+            self.state.retry_refused = True
+            self.tlog.warning(
+                f"attempt {attempt} failed ({error.kind.value}: {error.message});"
+                " the retry budget refused a retry",
+                error_kind=error.kind.value,
+                status=error.status,
+                retryable=error.retryable,
+                retry_after_ms=error.retry_after_ms,
+            )
+            return None
+        delay = backoff_delay(policy, attempt, error.retry_after_ms, rng=self.endpoint.rng)
+        self.tlog.warning(
+            f"attempt {attempt} failed ({error.kind.value}"
+            f"{f', status {error.status}' if error.status else ''}: {error.message}), "
+            f"retrying in {delay * 1000:.0f} ms",
+            error_kind=error.kind.value,
+            status=error.status,
+            retryable=error.retryable,
+            retry_after_ms=error.retry_after_ms,
+        )
+        return delay
+
+    def _total_timeout(self) -> WorkerError:
+        total = self.config.timeouts.total
+        cause = self.retry_cause
+        return make_error(
+            ErrorKind.DEADLINE_UNMET,
+            f"total timeout: the task took longer than {total:g} s"
+            + (
+                f" (waiting to retry after: {cause.kind.value}: {cause.message})"
+                if cause is not None
+                else ""
+            ),
+        )
+
+    def _narrate_request(self, attempt: int) -> None:
+        # Written here, not in `_attempt`: a log record looks up its caller's frame, and a
+        # frame once looked up stays allocated while its coroutine runs (≈ 0.3 KB per stream).
+        config = self.config
+        self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
 
     async def _attempt(self, attempt: int) -> bool:
         """One request. Before `Started` a failure raises `_Failed` (retried where the table
@@ -230,7 +267,7 @@ class _Reader:
         sent_at = trio.current_time()
         first_deadline = sent_at + timeouts.first_token
         self._first_token_read = None
-        self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
+        self._narrate_request(attempt)
         error: WorkerError | None = None
         # The first-token deadline bounds the send, the headers and the first event; once the
         # stream is accepted the same scope carries the stream's read deadlines (`_stream`):
@@ -238,7 +275,7 @@ class _Reader:
         with trio.CancelScope(deadline=first_deadline) as deadline_scope:
             try:
                 async with endpoint.upstream.open_stream(
-                    endpoint.url, json=self.task.body, headers=self.task.headers
+                    endpoint.url, json=self.body, headers=self.headers
                 ) as resp:
                     out = await self._accept(resp, first_deadline, deadline_scope)
                     deadline_scope.deadline = math.inf
@@ -253,7 +290,7 @@ class _Reader:
                         # background; `End` goes now, without waiting for a drain.
                         await resp.finish()
                         if resp.released:
-                            self.task.state.draining = resp
+                            self.state.draining = resp
                         await self._finish(error)
                         return True
             except WorkerError as exc:
@@ -348,7 +385,7 @@ class _Reader:
         """Send `Started`, with `out` (the events mapped with the first one)."""
         config = self.config
         self.started = Started(
-            task_id=self.req.task_id,
+            task_id=self.task_id,
             model=config.model,
             attempt=attempt,
             http_version=resp.http_version,
@@ -361,6 +398,10 @@ class _Reader:
         )
         if litellm := resp.headers.get("x-litellm-version"):
             self.endpoint.info.litellm_version = litellm
+        # No attempt follows `Started`: what only attempts need is not kept for the stream's
+        # life (the request body and headers, the response's headers).
+        self.body = self.headers = None
+        resp.forget_headers()
         pending, self._pending = self._pending, []
         if pending and not self.mapper.done:
             # What came in the same read as the first event, mapped now that the stream is
@@ -500,7 +541,7 @@ class _Reader:
         decode_ms = (last - first) * 1000.0 if first is not None and last is not None else None
         duration_ms = (now - self.started_at) * 1000.0
         out: list[Event] = []
-        task_id = self.req.task_id
+        task_id = self.task_id
         metrics: Metrics | None = None
         if self.started is not None:
             metrics = Metrics(

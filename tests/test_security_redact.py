@@ -371,7 +371,7 @@ def test_task_log_error_records_carry_the_error_fields_and_no_headers() -> None:
     captured: list[str] = []
     sink = logger.add(captured.append, level="TRACE", serialize=True)
     try:
-        tlog = TaskLog(job_id="t-1", model="m")
+        tlog = TaskLog(job_id="t-1", endpoint_fields={"model": "m"})
         tlog.error("error UPSTREAM_AUTH", error_kind="UPSTREAM_AUTH", status=401, headers={"a": 1})
     finally:
         logger.remove(sink)

@@ -27,12 +27,24 @@ from oai_adapter import (
     Metrics,
     OpenAIAdapter,
     RetryPolicy,
+    Started,
     TaskRequest,
     Timeouts,
     Token,
 )
 from oai_adapter._http import CLOSE_GRACE
-from oai_adapter.testing import FakeUpstream, Fault, chat_chunk, check_stream, sse
+from oai_adapter._stream import CHANNEL_BATCHES
+from oai_adapter.testing import (
+    FakeUpstream,
+    Fault,
+    Hang,
+    Reply,
+    Send,
+    Sleep,
+    chat_chunk,
+    check_stream,
+    sse,
+)
 
 DEADLINE = 600  # trio seconds; the virtual clock makes them free
 
@@ -407,3 +419,31 @@ async def test_leaving_the_block_with_a_close_that_hangs_is_bounded(
             assert a.running() == frozenset()
     assert transport.bodies[0].close_started.is_set()
     assert t1 - t0 == pytest.approx(CLOSE_GRACE)
+
+
+async def test_cancel_still_reaches_a_reader_whose_total_end_waits_on_a_full_buffer(
+    upstream: FakeUpstream, loopback_clock: MockClock
+) -> None:
+    # The consumer reads nothing after Started: 16 batches fill the channel, `total` passes
+    # while the reader waits to send, and its DEADLINE_UNMET `End` cannot be sent either. A
+    # cancel must still end the reader (the scope `cancel()` reaches is the one that carried
+    # `total`; the `End` after it waits in a fresh one), or `End(cancelled)` never comes.
+    steps: list[Any] = []
+    for i in range(40):
+        steps += [Send(sse(chat_chunk(f"w{i} "))), Sleep(0.05)]
+    upstream.script(Reply(steps=[*steps, Hang()]))
+    cfg = config(upstream.base_url, first_token=1.0, idle=1.0, total=3.0)
+    with trio.fail_after(DEADLINE):
+        async with OpenAIAdapter(cfg) as adapter:
+            async with adapter.submit(TaskRequest(task_id="t", prompt="hi")) as events:
+                first = await events.__anext__()
+                assert isinstance(first, Started)
+                await trio.sleep(10.0)  # past total, reading nothing
+                assert events.statistics().buffered_batches == CHANNEL_BATCHES
+                assert not events.statistics().reader_done  # waiting to send its End
+                assert adapter.cancel("t")
+                rest = [ev async for ev in events]
+    end = rest[-1]
+    assert isinstance(end, End)
+    assert end.reason == "cancelled"
+    assert events.statistics().reader_done

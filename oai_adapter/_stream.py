@@ -285,8 +285,9 @@ class EventStream(BatchStream["TaskState"]):
 
     async def _producer_stopped(self) -> None:
         state = self._state
-        await state.wait_reader()  # the reader has closed the upstream response, or handed it
-        if state.draining is not None:  # to a drain after the upstream finished: close it now
+        if not state.reader_done:  # finished already: no scheduler pass before `End`
+            await state.wait_reader()  # the reader has closed the upstream response, or handed
+        if state.draining is not None:  # it to a drain after the upstream finished: close it now
             await state.draining.aclose_now()
 
     async def _cancelled(self) -> End:

@@ -230,17 +230,7 @@ class H11Body(httpx2.AsyncByteStream):
 
     async def _read(self, conn: _Connection) -> bytes:
         """A read bounded by the read timeout httpx2 passed (the adapter passes none)."""
-        # trio may hand back a bytearray; h11 takes either (its buffer is a bytearray)
-        assert self._read_timeout is not None
-        try:
-            with trio.fail_after(self._read_timeout):
-                return cast(bytes, await conn.stream.receive_some(READ_SIZE))
-        except trio.TooSlowError:
-            raise httpx2.ReadTimeout(
-                f"no data from the server for {self._read_timeout:g} s"
-            ) from None
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise httpx2.ReadError(f"reading the response failed: {exc!r}") from exc
+        return await _read_within(conn.stream, self._read_timeout, "data")
 
     async def end_if_here(self, limit: int) -> bool:
         """After the server's end marker: parse the body's end if it is already here — in
@@ -338,13 +328,17 @@ class H11Transport(httpx2.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        """Close every connection, idle or in use (a response read after this fails)."""
+        """Close every connection, idle or in use (a response read after this fails). Each
+        socket is closed synchronously: a close that runs out of time or is cancelled midway
+        (the caller bounds it, `CLOSE_GRACE`) must not leave the rest to the garbage collector
+        (`just soak` found that: rebinds under load left dozens of sockets open)."""
         self._closed = True
         conns = list(self._open)
         self._open.clear()
         self._idle.clear()
-        for conn in conns:
-            await trio.aclose_forcefully(conn.stream)
+        others = [conn.stream for conn in conns if not _close_now(conn.stream)]
+        for stream in others:  # not sockets (tests may wrap one)
+            await trio.aclose_forcefully(stream)
 
     async def __aenter__(self) -> Self:
         return self
@@ -428,19 +422,7 @@ class H11Transport(httpx2.AsyncBaseTransport):
             while True:
                 event = parser.next_event()
                 if event is h11.NEED_DATA:
-                    try:
-                        if read_timeout is None:
-                            data = await conn.stream.receive_some(READ_SIZE)
-                        else:
-                            with trio.fail_after(read_timeout):
-                                data = await conn.stream.receive_some(READ_SIZE)
-                    except trio.TooSlowError:
-                        raise httpx2.ReadTimeout(
-                            f"no response from the server within {read_timeout:g} s"
-                        ) from None
-                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        raise httpx2.ReadError(f"reading the response failed: {exc!r}") from exc
-                    parser.receive_data(cast(bytes, data))
+                    parser.receive_data(await _read_within(conn.stream, read_timeout, "response"))
                 elif type(event) is h11.Response:
                     return event
                 elif type(event) is h11.ConnectionClosed:
@@ -530,6 +512,22 @@ class H11Transport(httpx2.AsyncBaseTransport):
         self._open.add(conn)
         self._connects_total += 1
         return conn
+
+
+async def _read_within(stream: trio.abc.Stream, seconds: float | None, what: str) -> bytes:
+    """One read of `stream`, bounded by `seconds` (httpx2's read timeout; None: unbounded here,
+    the caller's deadlines bound it), its failures as httpx2's exceptions. `what` names what
+    was awaited."""
+    try:
+        if seconds is None:
+            return cast(bytes, await stream.receive_some(READ_SIZE))
+        with trio.fail_after(seconds):
+            # trio may hand back a bytearray; h11 takes either (its buffer is a bytearray)
+            return cast(bytes, await stream.receive_some(READ_SIZE))
+    except trio.TooSlowError:
+        raise httpx2.ReadTimeout(f"no {what} from the server within {seconds:g} s") from None
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise httpx2.ReadError(f"reading the response failed: {exc!r}") from exc
 
 
 def _readable(stream: trio.SocketStream) -> bool:

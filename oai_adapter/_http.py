@@ -140,24 +140,10 @@ class Upstream:
                 connect_timeout=config.timeouts.connect,
                 write_timeout=config.timeouts.idle,
                 max_streams=config.max_connections,
-                http1=H11Transport(  # for a TLS origin that picks HTTP/1.1 in ALPN
-                    ssl_context=shared_ssl_context(config.ca_bundle),
-                    connect_timeout=config.timeouts.connect,
-                    write_timeout=config.timeouts.idle,
-                    max_connections=config.max_connections,
-                    max_keepalive=min(config.max_connections, MAX_KEEPALIVE),
-                    keepalive_expiry=30.0,
-                ),
+                http1=_h11_transport(config),  # for a TLS origin that picks HTTP/1.1 in ALPN
             )
         elif transport is None and config.proxy is None:
-            transport = H11Transport(
-                ssl_context=shared_ssl_context(config.ca_bundle),
-                connect_timeout=config.timeouts.connect,
-                write_timeout=config.timeouts.idle,
-                max_connections=config.max_connections,
-                max_keepalive=min(config.max_connections, MAX_KEEPALIVE),
-                keepalive_expiry=30.0,
-            )
+            transport = _h11_transport(config)
         elif transport is None:
             # Through a proxy (also for http2=True): httpx2's own HTTP/1.1, since our transports
             # do no CONNECT tunnel and httpcore2's HTTP/2 sends no RST_STREAM (docs/http2.md).
@@ -602,6 +588,18 @@ class UpstreamResponse:
                     await self._body.aclose()
             except (httpx2.HTTPError, OSError):
                 pass
+
+
+def _h11_transport(config: AdapterConfig) -> H11Transport:
+    """Our HTTP/1.1 transport for a direct (non-proxied) origin, pooled as httpx2's would be."""
+    return H11Transport(
+        ssl_context=shared_ssl_context(config.ca_bundle),
+        connect_timeout=config.timeouts.connect,
+        write_timeout=config.timeouts.idle,
+        max_connections=config.max_connections,
+        max_keepalive=min(config.max_connections, MAX_KEEPALIVE),
+        keepalive_expiry=30.0,
+    )
 
 
 def request_id(headers: httpx2.Headers) -> str | None:

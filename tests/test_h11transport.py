@@ -452,3 +452,24 @@ async def test_a_body_read_after_the_transport_closed_fails_even_when_its_fd_is_
                 with pytest.raises(httpx2.ReadError):
                     await body.receive_some()
             await response.aclose()
+
+
+async def test_closing_the_transport_closes_every_connection_even_when_cancelled_midway(
+    upstream: FakeUpstream,
+) -> None:
+    """The adapter bounds its transport's close (`CLOSE_GRACE`): a close cut short must still
+    have closed every socket, none left to the garbage collector."""
+    upstream.script(*[Reply(steps=[Stream(tokens=1), Hang()])] * 3)
+    transport = make_transport()
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport, NO_READ_TIMEOUT) as client:
+            responses = [await open_chat(client, upstream.base_url) for _ in range(3)]
+            for response in responses:
+                assert await body_of(response).receive_some()
+            assert upstream.connections_open == 3
+            with trio.CancelScope() as scope:
+                scope.cancel()  # the close's time is up before it starts
+                await transport.aclose()
+            await upstream.wait_quiet()  # the server saw all three closes
+            for response in responses:
+                await response.aclose()

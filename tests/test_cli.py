@@ -272,6 +272,7 @@ async def test_ctrl_c_in_a_real_process_cancels_cleanly_and_exits_130(
 async def test_check_passes_probes_chat_completions_and_cancel(upstream: FakeUpstream) -> None:
     with trio.fail_after(IO_DEADLINE):
         rows = await collect_checks(_parse("check", *_endpoint(upstream)))
+        await upstream.wait_quiet()  # the server has seen every close (sockets close at once)
     by_name = {r.name: r for r in rows}
     assert [r.name for r in rows] == [
         "health",

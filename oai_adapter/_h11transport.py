@@ -60,6 +60,7 @@ import math
 import os
 import select
 import ssl
+import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ BODY_EXTENSION: Final = "oai_adapter.h11_body"
 
 #: Bytes asked of the socket per read (as httpcore and h11-based servers do).
 READ_SIZE: Final = 64 * 1024
+#: Plain sockets are read off their file descriptor (module header) where a socket is one:
+#: POSIX. On Windows a socket is not a file descriptor, and trio's stream reads it.
+_FD_READS: Final = sys.platform != "win32"
 
 _Origin = tuple[str, str, int]
 
@@ -147,11 +151,12 @@ class H11Body(httpx2.AsyncByteStream):
         # h11 said NEED_DATA when the last read's bytes were returned: the next call reads the
         # socket first instead of asking h11 again (one `next_event` less per network read).
         self._need_data = False
-        # A plain socket, read off its file descriptor (module header); None for TLS. The fd is
+        # A plain socket, read off its file descriptor (module header); None for TLS (and on
+        # Windows, where a socket is no file descriptor). The fd is
         # asked for at every read: once the socket is closed it is -1, never a number that a
         # newer socket may have been given.
         stream = conn.stream
-        self._sock = stream.socket if type(stream) is trio.SocketStream else None
+        self._sock = stream.socket if _FD_READS and type(stream) is trio.SocketStream else None
         self._eager = True  # the last read filled the buffer: try the socket before waiting
 
     async def receive_some(self) -> bytes:

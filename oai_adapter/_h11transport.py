@@ -182,8 +182,10 @@ class H11Body(httpx2.AsyncByteStream):
                     if data:
                         self._need_data = True
                         return data
-                    if self._read_timeout is not None:
-                        parser.receive_data(await self._read(conn))
+                    if self._read_timeout is not None:  # httpx2 passed one (the adapter: none)
+                        parser.receive_data(
+                            await _read_within(conn.stream, self._read_timeout, "data")
+                        )
                         continue
                     # the hot path, inline: one frame less per open stream and per read
                     try:
@@ -232,10 +234,6 @@ class H11Body(httpx2.AsyncByteStream):
             return None
         await trio.lowlevel.cancel_shielded_checkpoint()
         return chunk
-
-    async def _read(self, conn: _Connection) -> bytes:
-        """A read bounded by the read timeout httpx2 passed (the adapter passes none)."""
-        return await _read_within(conn.stream, self._read_timeout, "data")
 
     async def end_if_here(self, limit: int) -> bool:
         """After the server's end marker: parse the body's end if it is already here — in

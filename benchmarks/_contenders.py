@@ -133,6 +133,20 @@ def adapter_config(port: int, prefix: str = "", max_connections: int = 100, **kw
     )
 
 
+async def open_warm_adapter(port: int, prefix: str, max_connections: int) -> Any:
+    """An entered `OpenAIAdapter` on `prefix`, after one stream through a throwaway adapter on
+    the plain path (imports, TLS context and code paths warm; the measured one starts with no
+    pooled connection). The caller leaves it with `__aexit__`."""
+    from oai_adapter import OpenAIAdapter
+
+    warm = OpenAIAdapter(adapter_config(port, max_connections=max_connections))
+    async with warm:
+        await adapter_stream(warm, "warm", 4)
+    adapter = OpenAIAdapter(adapter_config(port, prefix, max_connections=max_connections))
+    await adapter.__aenter__()
+    return adapter
+
+
 async def adapter_stream(
     adapter: Any,
     task_id: str,

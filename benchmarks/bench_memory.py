@@ -181,13 +181,7 @@ def child(kind: str, port: int, streams: int, trace: bool) -> dict[str, Any]:
         adapter: Any = None
         client: Any = None
         if kind == "adapter":
-            from oai_adapter import OpenAIAdapter
-
-            adapter = OpenAIAdapter(c.adapter_config(port, "/hold", max_connections=streams))
-            warm = OpenAIAdapter(c.adapter_config(port, max_connections=streams))
-            async with warm:
-                await c.adapter_stream(warm, "warm", 4)
-            await adapter.__aenter__()
+            adapter = await c.open_warm_adapter(port, "/hold", streams)
 
             async def one(i: int) -> None:
                 await c.adapter_stream(adapter, f"t-{i}", 16, on_text=probe())

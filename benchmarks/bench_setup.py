@@ -61,13 +61,7 @@ def child(kind: str, port: int, streams: int, runs: int) -> dict[str, Any]:
     async def main() -> None:
         adapter: Any = None
         if kind == "adapter":
-            from oai_adapter import OpenAIAdapter
-
-            adapter = OpenAIAdapter(c.adapter_config(port, "/hold", max_connections=streams))
-            warm = OpenAIAdapter(c.adapter_config(port, max_connections=streams))
-            async with warm:
-                await c.adapter_stream(warm, "warm", 4)
-            await adapter.__aenter__()
+            adapter = await c.open_warm_adapter(port, "/hold", streams)
 
             async def one(i: int, on_text: Any) -> None:
                 await c.adapter_stream(adapter, f"t-{i}", 16, on_text=on_text)

@@ -128,12 +128,57 @@ class Pacer:
         loop.call_at(self.next_at, self.tick)
 
 
-class _Req(msgspec.Struct):
+class Request(msgspec.Struct):
+    """What the server reads from a request's JSON body."""
+
     max_tokens: int | None = None
     pace_ms: float | None = None
 
+    @property
+    def tokens(self) -> int:
+        return self.max_tokens or 16
 
-_req_decoder = msgspec.json.Decoder(_Req)
+    def pace(self, default_ms: float) -> float:
+        """Seconds between two token events: `pace_ms`, else `default_ms`."""
+        return (self.pace_ms if self.pace_ms is not None else default_ms) / 1000.0
+
+
+_req_decoder = msgspec.json.Decoder(Request)
+
+
+def decode_request(body: bytes) -> Request:
+    return _req_decoder.decode(body) if body else Request()
+
+
+def split_request(buf: bytes) -> tuple[str, str, dict[str, str], bytes, bytes] | None:
+    """The request at the front of `buf` — (method, path, headers with lower-case names, body,
+    the bytes after it) — or None while it is incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end].decode("latin-1").split("\r\n")
+    method, path, _ = head[0].split(" ", 2)
+    headers = {}
+    for line in head[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    stop = end + 4 + int(headers.get("content-length", "0"))
+    if len(buf) < stop:
+        return None
+    return method, path, headers, buf[end + 4 : stop], buf[stop:]
+
+
+def stream_head(length: int) -> bytes:
+    """The head of an SSE response whose body is `length` bytes (Content-Length, keep-alive)."""
+    return _HEAD % length
+
+
+def json_response(payload: bytes, status: bytes = b"200 OK") -> bytes:
+    """A whole JSON response: the head and `payload`."""
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(payload) + payload
+    )
 
 
 def token_texts(n: int) -> list[str]:
@@ -174,6 +219,13 @@ class Server:
             e = self.events[n] = render_events(n)
         return e
 
+    def stats(self, path: str) -> bytes:
+        """The response to `GET /stats`; `/stats/reset` also forgets the closes recorded so far."""
+        payload = msgspec.json.encode({"closes": self.closes, "requests": self.requests})
+        if "reset" in path:
+            self.closes.clear()
+        return json_response(payload)
+
 
 class Conn(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
@@ -190,31 +242,15 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end].decode("latin-1").split("\r\n")
-            method, path, _ = head[0].split(" ", 2)
-            headers = {}
-            for line in head[1:]:
-                k, _, v = line.partition(":")
-                headers[k.strip().lower()] = v.strip()
-            clen = int(headers.get("content-length", "0"))
-            if len(self.buf) < end + 4 + clen:
-                return
-            body = self.buf[end + 4 : end + 4 + clen]
-            self.buf = self.buf[end + 4 + clen :]
+        while (request := split_request(self.buf)) is not None:
+            method, path, headers, body, self.buf = request
             self.handle(method, path, headers, body)
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         srv = self.server
         srv.requests += 1
         if method == "GET" and path.startswith("/stats"):
-            payload = msgspec.json.encode({"closes": srv.closes, "requests": srv.requests})
-            if "reset" in path:
-                srv.closes.clear()
-            self.plain(payload)
+            self.transport.write(srv.stats(path))
             return
         if method == "GET" and path.startswith("/gc"):
             gc.collect()
@@ -223,15 +259,15 @@ class Conn(asyncio.Protocol):
         if method != "POST" or not path.endswith("/completions"):
             self.plain(b'{"error":{"message":"not found"}}', status=b"404 Not Found")
             return
-        req = _req_decoder.decode(body) if body else _Req()
-        n = req.max_tokens or 16
+        req = decode_request(body)
+        n = req.tokens
         if path.startswith("/v1/"):
             full = srv.body(n)
-            self.transport.write(_HEAD % len(full) + full)
+            self.transport.write(stream_head(len(full)) + full)
             return
         self.tracked = headers.get("x-correlation-id", f"conn-{id(self)}")
         if path.startswith("/paced/"):
-            step = (req.pace_ms if req.pace_ms is not None else 25.0) / 1000.0
+            step = req.pace(25.0)
             pacer = srv.pacers.get(step)
             if pacer is None:
                 pacer = srv.pacers[step] = Pacer(step)
@@ -242,13 +278,13 @@ class Conn(asyncio.Protocol):
         events = srv.event_list(n)
         total = sum(len(e) for e in events)
         if path.startswith("/bulk/"):
-            self.transport.write(_HEAD % total + b"".join(events))
+            self.transport.write(stream_head(total) + b"".join(events))
             return
         if path.startswith("/hold/"):
-            self.transport.write(_HEAD % total + events[0] + events[1])
+            self.transport.write(stream_head(total) + events[0] + events[1])
             return
-        pace = (req.pace_ms if req.pace_ms is not None else 1.0) / 1000.0
-        self.transport.write(_HEAD % total + events[0])
+        pace = req.pace(1.0)
+        self.transport.write(stream_head(total) + events[0])
         loop = asyncio.get_running_loop()
         state = {"i": 1}
 
@@ -265,10 +301,7 @@ class Conn(asyncio.Protocol):
         self.timer = loop.call_later(pace, tick)
 
     def plain(self, payload: bytes, status: bytes = b"200 OK") -> None:
-        self.transport.write(
-            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n" % len(payload) + payload
-        )
+        self.transport.write(json_response(payload, status))
 
     def _gone(self) -> None:
         if self.closed:

@@ -29,11 +29,12 @@ from oai_adapter._cli._stats import percentile as percentile  # noqa: E402
 
 
 @contextmanager
-def upstream_process(cpu: int | None = None) -> Iterator[int]:
-    """`sse_server.py` in its own process (pinned to `cpu` when given); yields its port."""
+def upstream_process(cpu: int | None = None, script: str = "sse_server.py") -> Iterator[int]:
+    """An upstream `script` in `benchmarks/` (`sse_server.py`, or `close_server.py` for the
+    cancel benchmark) in its own process, pinned to `cpu` when given; yields the port it printed."""
     pin = [] if cpu is None else ["--cpu", str(cpu)]
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "sse_server.py"), *pin],
+        [sys.executable, os.path.join(HERE, script), *pin],
         stdout=subprocess.PIPE,
         text=True,
     )

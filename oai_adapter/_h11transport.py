@@ -199,6 +199,12 @@ class H11Body(httpx2.AsyncByteStream):
                             now = await self._read_now(fd) if self._eager else None
                             while now is None:
                                 await trio.lowlevel.wait_readable(fd)  # the checkpoint
+                                # Asked again: a `close_now()` (a cancel) may have closed the
+                                # socket while this task waited to run, and its number may
+                                # belong to a newer socket already.
+                                fd = sock.fileno()
+                                if fd < 0:
+                                    raise trio.ClosedResourceError("the connection was closed")
                                 try:
                                     now = os.read(fd, READ_SIZE)
                                 except BlockingIOError:  # a spurious wake-up
@@ -287,6 +293,21 @@ class H11Body(httpx2.AsyncByteStream):
                 await transport._discard(conn)
         finally:
             transport._release()
+
+    def close_now(self) -> bool:
+        """Close the connection at once, synchronously (a cancel: `TaskState.stop()`), unless
+        its exchange ended cleanly and it went back to the pool. True when this body holds no
+        connection afterwards; False when its stream is not a socket (tests may wrap one) and
+        only an awaited close can end it (`aclose()`). A read waiting on the socket, or about
+        to make one, fails afterwards with `ReadError` (or the caller's cancel)."""
+        conn = self._conn
+        if conn is None:
+            return True
+        if not self._transport._close_in_use(conn):
+            return False
+        self._conn = None
+        self._transport._release()
+        return True
 
     async def _abort(self) -> None:
         conn, self._conn = self._conn, None
@@ -476,9 +497,17 @@ class H11Transport(httpx2.AsyncBaseTransport):
         """Close a connection in use (an early close, an error, a cancel) at once. A socket's
         close is synchronous: done here, a cancelled task does not pay the two scheduler
         passes of `aclose_forcefully`'s cancelled checkpoint before its `End` (bench_cancel)."""
-        self._open.discard(conn)
-        if not _close_now(conn.stream):
+        if not self._close_in_use(conn):
+            self._open.discard(conn)
             await trio.aclose_forcefully(conn.stream)  # not a socket (tests may wrap one)
+
+    def _close_in_use(self, conn: _Connection) -> bool:
+        """Close a connection in use synchronously; False (nothing done) when its stream is
+        not a socket (`_discard` then closes it awaited)."""
+        if not _close_now(conn.stream):
+            return False
+        self._open.discard(conn)
+        return True
 
     def _drop(self, conn: _Connection) -> None:
         """Close an idle connection without waiting (nothing is in flight on it)."""

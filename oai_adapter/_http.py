@@ -537,6 +537,15 @@ class UpstreamResponse:
                 return
         self.keep = True
 
+    def close_now(self) -> bool:
+        """Close the connection at once, synchronously, for a cancel (`TaskState.stop()`): the
+        upstream sees the close when `cancel()` returns, not after the reader has unwound. True
+        when the response holds no connection afterwards (over our HTTP/1.1 transport); False
+        when only an awaited close can end it (HTTP/2's stream reset, httpx2's transport, a
+        background drain's response), and the reader's own close does."""
+        body = self._body
+        return body is not None and not self.released and body.close_now()
+
     async def aclose_now(self) -> None:
         """Close the response now: a background drain of it is cancelled and waited for
         (its close is bounded by `CLOSE_GRACE`). A cancel after the upstream finished uses it,

@@ -21,13 +21,19 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["Draining", "RegistryStatistics", "TaskRegistry", "TaskState"]
+__all__ = ["Draining", "Open", "RegistryStatistics", "TaskRegistry", "TaskState"]
 
 
 class Draining(Protocol):
     """A response whose tail a background drain reads (`_http.UpstreamResponse`)."""
 
     async def aclose_now(self) -> None: ...
+
+
+class Open(Protocol):
+    """The response a reader is reading (`_http.UpstreamResponse`)."""
+
+    def close_now(self) -> bool: ...
 
 
 class TaskState:
@@ -39,6 +45,8 @@ class TaskState:
         "cancel_requested",
         "draining",
         "reader_done",
+        "response",
+        "response_closed",
         "retry_refused",
         "scope",
         "stopped",
@@ -60,6 +68,12 @@ class TaskState:
         # The response the reader handed to a background drain after the upstream finished:
         # a cancel that comes later closes it before `End(cancelled)` is returned.
         self.draining: Draining | None = None
+        # The response the reader is reading, set by the reader while it holds one: `stop()`
+        # closes its connection at once, and `response_closed` says it did — the upstream sees
+        # the close when `cancel()` returns, and the cancel's `End` need not wait for the
+        # reader to unwind (DESIGN.md: the response is closed by the time `End` is read).
+        self.response: Open | None = None
+        self.response_closed = False
         # Written by the reader's attempts loop only: attempts made so far, and whether the
         # retry budget refused the retry after the last one (`EventStream.statistics()`).
         self.attempts = 0
@@ -81,9 +95,13 @@ class TaskState:
 
     def stop(self) -> None:
         """End the reader on purpose (a cancel, or the consumer closed the stream or left the
-        block): its scope is cancelled and it sends no `End`. Never blocks; idempotent."""
+        block): its scope is cancelled and it sends no `End`, and the connection of the response
+        it reads is closed now (`response_closed`). Never blocks; idempotent."""
         self.stopped = True
-        self.scope.cancel()
+        self.scope.cancel()  # first: a reader waiting on the socket wakes cancelled, not failed
+        response = self.response
+        if response is not None and response.close_now():
+            self.response_closed = True
 
     def renew_scope(self) -> trio.CancelScope:
         """For the reader after its scope's deadline passed (not `stop()`): a fresh scope, without

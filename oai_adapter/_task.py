@@ -184,6 +184,8 @@ class _Reader:
                             return  # `End` sent; a tail is drained in the background
                         break  # the body ended without an end marker: no error
                     except _Failed as failed:
+                        if state.stopped:
+                            return  # a cancel closed the response under a read: no `End` here
                         error = failed.error
                     delay = self._retry_delay(error, attempt)
                     if delay is None:
@@ -277,22 +279,26 @@ class _Reader:
                 async with endpoint.upstream.open_stream(
                     endpoint.url, json=self.body, headers=self.headers
                 ) as resp:
-                    out = await self._accept(resp, first_deadline, deadline_scope)
-                    deadline_scope.deadline = math.inf
-                    await self._start(resp, attempt, first_deadline, out)
+                    self.state.response = resp  # `stop()` closes it at once (a cancel)
                     try:
-                        await self._stream(resp, deadline_scope)
-                    except _Failed as failed:
-                        error = failed.error
-                    if self.mapper.done:
-                        # The upstream said it finished: the connection goes back to the pool
-                        # now if the body's end is here, else the tail is drained in the
-                        # background; `End` goes now, without waiting for a drain.
-                        await resp.finish()
-                        if resp.released:
-                            self.state.draining = resp
-                        await self._finish(error)
-                        return True
+                        out = await self._accept(resp, first_deadline, deadline_scope)
+                        deadline_scope.deadline = math.inf
+                        await self._start(resp, attempt, first_deadline, out)
+                        try:
+                            await self._stream(resp, deadline_scope)
+                        except _Failed as failed:
+                            error = failed.error
+                        if self.mapper.done:
+                            # The upstream said it finished: the connection goes back to the pool
+                            # now if the body's end is here, else the tail is drained in the
+                            # background; `End` goes now, without waiting for a drain.
+                            await resp.finish()
+                            if resp.released:
+                                self.state.draining = resp
+                            await self._finish(error)
+                            return True
+                    finally:
+                        self.state.response = None
             except WorkerError as exc:
                 raise _Failed(exc) from exc
             except (httpx2.HTTPError, OSError) as exc:

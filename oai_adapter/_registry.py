@@ -7,11 +7,12 @@ finished task never removes a newer task that reused its id. `cancel` sets the f
 then cancels the reader's scope; it never blocks. The registry knows nothing of threads: the
 adapter checks it is called from its trio thread before it gets here.
 
-The reader's scope also carries the task's `total` deadline (one cancel scope for both ends of
-a task, not two: trio keeps two sets per entered scope, docs/performance.md "Memory per open
-stream"). So everything that ends the reader on purpose goes through `TaskState.stop()`, and
-`stopped` tells the reader which it was: False after its scope was cancelled means the
-deadline passed.
+The reader's scope — one per attempt, and per backoff, made by `TaskState.renew_scope()` — also
+carries the task's `total` deadline and the attempt's read deadlines (one cancel scope for all
+the ways a task ends, not three: trio keeps a status and two sets per entered scope,
+docs/performance.md "Memory per open stream"). So everything that ends the reader on purpose
+goes through `TaskState.stop()`, and `stopped` tells the reader which it was: False after its
+scope was cancelled means a deadline passed. A scope made after `stop()` is cancelled at once.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ class TaskState:
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        # The reader runs in it. Cancelled by `stop()` (cancel(task_id), leaving `submit`) and by
-        # its deadline, the task's `total`, which the reader sets.
-        self.scope = trio.CancelScope()
+        # The scope the reader runs in now (`renew_scope()`; None before its first attempt).
+        # Cancelled by `stop()` (cancel(task_id), leaving `submit`) and by its deadlines, which
+        # the reader sets.
+        self.scope: trio.CancelScope | None = None
         self.stopped = False  # `stop()` was called: the reader sends no `End`
         self.cancel_requested = False
         # The reader has finished and closed (or handed off) its response: `reader_finished()`.
@@ -98,16 +100,19 @@ class TaskState:
         block): its scope is cancelled and it sends no `End`, and the connection of the response
         it reads is closed now (`response_closed`). Never blocks; idempotent."""
         self.stopped = True
-        self.scope.cancel()  # first: a reader waiting on the socket wakes cancelled, not failed
+        if self.scope is not None:  # first: a reader waiting on the socket wakes cancelled
+            self.scope.cancel()
         response = self.response
         if response is not None and response.close_now():
             self.response_closed = True
 
     def renew_scope(self) -> trio.CancelScope:
-        """For the reader after its scope's deadline passed (not `stop()`): a fresh scope, without
-        a deadline, that `stop()` reaches, to send the deadline's `End` in."""
-        self.scope = trio.CancelScope()
-        return self.scope
+        """For the reader: a fresh scope that `stop()` reaches (an attempt's, a backoff's, the
+        one `End` is sent in), cancelled already when `stop()` came first."""
+        scope = self.scope = trio.CancelScope()
+        if self.stopped:
+            scope.cancel()
+        return scope
 
 
 @dataclass(frozen=True, slots=True)

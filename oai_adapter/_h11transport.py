@@ -6,8 +6,12 @@ decides how many streams a core carries. Under httpx2's stock transport a read g
 httpcore2's pool and connection, a timeout scope and exception mapping per read, then httpx2's
 `aiter_raw` (chunker, byte counters, generator layers): about 50 µs per read over h11 alone
 (FACTS.md). Here a read is `H11Body.receive_some()`: one `receive_some` on the trio stream,
-h11's parser, and nothing else. httpx2 still builds the requests and the `Response` objects
-and serves every other path (probes, error bodies) through the same body's `__aiter__`.
+h11's parser, and nothing else. A stream's request goes to `H11Transport.open()` as a
+`WireRequest` (method, target, header pairs, body; `_http.Upstream.wire_request` builds it
+without httpx2's `Request`), and its head comes back as h11 parsed it: no httpx2 object is
+made for a stream (set-up CPU, and what 1,000 streams opened at once hold while they connect,
+docs/performance.md). httpx2 reaches the same `open()` through `handle_async_request` (probes,
+HTTP/2's fallback), and reads the body through its `__aiter__`.
 
 Used for direct (non-proxied) `http://` and `https://` origins; through a proxy the client
 keeps httpx2's own transport (`_http.py`; docs/architecture.md).
@@ -56,13 +60,12 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 import os
 import select
 import ssl
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Self, cast
 
@@ -72,7 +75,16 @@ import trio
 
 from ._connect import open_tcp
 
-__all__ = ["BODY_EXTENSION", "READ_SIZE", "H11Body", "H11Statistics", "H11Transport"]
+__all__ = [
+    "BODY_EXTENSION",
+    "READ_SIZE",
+    "H11Body",
+    "H11Statistics",
+    "H11Transport",
+    "Origin",
+    "WireRequest",
+    "origin_of",
+]
 
 #: The `Response.extensions` key under which a response carries its `H11Body`.
 BODY_EXTENSION: Final = "oai_adapter.h11_body"
@@ -83,7 +95,19 @@ READ_SIZE: Final = 64 * 1024
 #: POSIX. On Windows a socket is not a file descriptor, and trio's stream reads it.
 _FD_READS: Final = sys.platform != "win32"
 
-_Origin = tuple[str, str, int]
+#: (scheme, host, port): what a pooled connection is for.
+Origin = tuple[str, str, int]
+
+#: The timeouts of a request that names none: the transport's own (connect, write), no read.
+_TRANSPORT_TIMEOUTS: Final[Mapping[str, float | None]] = {}
+
+
+def origin_of(url: httpx2.URL) -> Origin:
+    """The pool's key for `url`; `UnsupportedProtocol` for a scheme other than http(s)."""
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        raise httpx2.UnsupportedProtocol(f"scheme {scheme!r} is not supported")
+    return (scheme, url.host, url.port or (443 if scheme == "https" else 80))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +126,7 @@ class _Connection:
 
     __slots__ = ("h11", "idle_since", "origin", "stream")
 
-    def __init__(self, origin: _Origin, stream: trio.abc.Stream) -> None:
+    def __init__(self, origin: Origin, stream: trio.abc.Stream) -> None:
         self.origin = origin
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
@@ -125,14 +149,62 @@ class _Connection:
         return isinstance(stream, trio.SocketStream) and _readable(stream)
 
 
+class WireRequest:
+    """A request as it goes on the wire: its method, target (path and query), headers in the
+    order they are sent and the body whole. A request is sent once: `encode()` hands over its
+    bytes and drops the headers and body, so a stream waiting for its response head holds
+    neither (1,000 streams opened at once all wait there, docs/performance.md, memory), and
+    the `Authorization` header lives no longer than the write. Its repr names no header."""
+
+    __slots__ = ("body", "headers", "method", "target")
+
+    def __init__(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers: list[tuple[bytes, bytes]] | None = headers
+        self.body: bytes | None = body
+
+    @classmethod
+    def of(cls, request: httpx2.Request, content: bytes) -> WireRequest:
+        """An httpx2 request (built by httpx2 or `_http.Upstream`), its body read as `content`."""
+        return cls(request.method, request.url.raw_path, list(request.headers.raw), content)
+
+    def add_headers(self, headers: Mapping[str, str]) -> None:
+        """Append `headers` (ASCII) after the others, as `httpx2.Headers.update` does."""
+        if self.headers is None:
+            raise RuntimeError("a WireRequest is sent once")
+        self.headers.extend((k.encode("ascii"), v.encode("ascii")) for k, v in headers.items())
+
+    def encode(self, parser: h11.Connection) -> bytes:
+        """The request's bytes, through `parser` (h11 validates and frames it); once."""
+        headers, body = self.headers, self.body
+        if headers is None or body is None:
+            raise RuntimeError("a WireRequest is sent once")
+        self.headers = self.body = None
+        out = parser.send(h11.Request(method=self.method, target=self.target, headers=headers))
+        assert out is not None
+        if body:
+            out += parser.send(h11.Data(data=body)) or b""
+        return out + (parser.send(h11.EndOfMessage()) or b"")
+
+    def __repr__(self) -> str:
+        path = self.target.split(b"?", 1)[0].decode("ascii", "replace")
+        return f"<WireRequest {self.method} {path}>"  # no query, no header
+
+
 class H11Body(httpx2.AsyncByteStream):
-    """A response body read straight off its connection. `receive_some()` per network read;
-    `aclose()` returns the connection to the pool after a clean end, else closes it."""
+    """A response read straight off its connection: its head first (`H11Transport.open`), then
+    `receive_some()` per network read of the body. It owns the connection and its permit from
+    the moment the connection is taken: `aclose()` returns the connection to the pool after a
+    clean end, else closes it, and gives the permit back."""
 
     __slots__ = (
         "_conn",
         "_done",
         "_eager",
+        "_head",
         "_need_data",
         "_read_timeout",
         "_sock",
@@ -148,6 +220,9 @@ class H11Body(httpx2.AsyncByteStream):
         self._read_timeout = read_timeout
         self._done = False  # closed: nothing more to read
         self.complete = False  # the response's end was read (h11 EndOfMessage)
+        # The response's head: the first `receive_some()` returns when it is read, and
+        # `take_head()` takes it (a running stream does not keep it). False: not yet read.
+        self._head: h11.Response | bool = False
         # h11 said NEED_DATA when the last read's bytes were returned: the next call reads the
         # socket first instead of asking h11 again (one `next_event` less per network read).
         self._need_data = False
@@ -157,7 +232,9 @@ class H11Body(httpx2.AsyncByteStream):
         # newer socket may have been given.
         stream = conn.stream
         self._sock = stream.socket if _FD_READS and type(stream) is trio.SocketStream else None
-        self._eager = True  # the last read filled the buffer: try the socket before waiting
+        # The last read filled the buffer: try the socket before waiting. Not for the first
+        # read, the head's, which comes right after the request was written.
+        self._eager = False
 
     async def receive_some(self) -> bytes:
         """The body bytes of the next network read; `b""` once the body has ended."""
@@ -199,6 +276,12 @@ class H11Body(httpx2.AsyncByteStream):
                             now = await self._read_now(fd) if self._eager else None
                             while now is None:
                                 await trio.lowlevel.wait_readable(fd)  # the checkpoint
+                                # Asked again: a `close_now()` (a cancel) may have closed the
+                                # socket while this task waited to run, and its number may
+                                # belong to a newer socket already.
+                                fd = sock.fileno()
+                                if fd < 0:
+                                    raise trio.ClosedResourceError("the connection was closed")
                                 try:
                                     now = os.read(fd, READ_SIZE)
                                 except BlockingIOError:  # a spurious wake-up
@@ -212,8 +295,17 @@ class H11Body(httpx2.AsyncByteStream):
                 if type(event) is h11.EndOfMessage:
                     self.complete = True
                     return data
+                if type(event) is h11.Response:  # before the body: the head (`H11Transport.open`)
+                    self._head = event
+                    return data
+                if type(event) is h11.InformationalResponse:  # 1xx: the final response follows
+                    continue
                 if type(event) is h11.ConnectionClosed:
-                    raise httpx2.RemoteProtocolError("the server closed the connection")
+                    raise httpx2.RemoteProtocolError(
+                        "the server closed the connection"
+                        if self._head is not False
+                        else "the server disconnected without sending a response"
+                    )
                 # PAUSED cannot happen while their side sends the body; anything else is a bug
                 raise httpx2.RemoteProtocolError(f"unexpected HTTP/1.1 event {event!r}")
         except h11.RemoteProtocolError as exc:
@@ -222,6 +314,14 @@ class H11Body(httpx2.AsyncByteStream):
         except BaseException:
             await self._abort()
             raise
+
+    def take_head(self) -> h11.Response:
+        """The response head the first `receive_some()` read; once (`H11Transport.open`)."""
+        head = self._head
+        if not isinstance(head, h11.Response):
+            raise RuntimeError("no response head to take")
+        self._head = True
+        return head
 
     @staticmethod
     async def _read_now(fd: int) -> bytes | None:
@@ -288,6 +388,21 @@ class H11Body(httpx2.AsyncByteStream):
         finally:
             transport._release()
 
+    def close_now(self) -> bool:
+        """Close the connection at once, synchronously (a cancel: `TaskState.stop()`), unless
+        its exchange ended cleanly and it went back to the pool. True when this body holds no
+        connection afterwards; False when its stream is not a socket (tests may wrap one) and
+        only an awaited close can end it (`aclose()`). A read waiting on the socket, or about
+        to make one, fails afterwards with `ReadError` (or the caller's cancel)."""
+        conn = self._conn
+        if conn is None:
+            return True
+        if not self._transport._close_in_use(conn):
+            return False
+        self._conn = None
+        self._transport._release()
+        return True
+
     async def _abort(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -349,14 +464,39 @@ class H11Transport(httpx2.AsyncBaseTransport):
     # --- requests --------------------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        """httpx2's entry (probes, error bodies, HTTP/2's fallback): `open()`, its head as an
+        `httpx2.Response` whose stream is the `H11Body` (also in `extensions[BODY_EXTENSION]`)."""
+        try:
+            content = request.content  # a body given whole (ours always are)
+        except httpx2.RequestNotRead:
+            content = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        head, body = await self.open(
+            origin_of(request.url), WireRequest.of(request, content), timeouts
+        )
+        return httpx2.Response(
+            status_code=head.status_code,
+            headers=head.headers.raw_items(),
+            stream=body,
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": head.reason,
+                BODY_EXTENSION: body,
+            },
+        )
+
+    async def open(
+        self,
+        origin: Origin,
+        wire: WireRequest,
+        timeouts: Mapping[str, float | None] = _TRANSPORT_TIMEOUTS,
+    ) -> tuple[h11.Response, H11Body]:
+        """Send `wire` to `origin` — on an idle connection, or a new one — and read the response
+        head: its head, and its body, which owns the connection and its permit.
+        `timeouts` as httpx2 passes them (connect, write, read; a missing one is the
+        transport's own, read: none). On any failure the connection is closed."""
         if self._closed:
             raise RuntimeError("the H11Transport is closed")
-        url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx2.UnsupportedProtocol(f"scheme {scheme!r} is not supported")
-        origin: _Origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
-        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         await self._permits.acquire()
         body: H11Body | None = None
         try:
@@ -368,84 +508,33 @@ class H11Transport(httpx2.AsyncBaseTransport):
                     connect_timeout = timeouts.get("connect") or self._connect_timeout
                     deadline.deadline = trio.current_time() + connect_timeout
                     conn = await self._connect(origin)
-                head = await self._exchange(conn, request, timeouts, deadline)
-            if deadline.cancelled_caught or conn is None:
-                _, host, port = origin
-                if conn is None:
-                    raise httpx2.ConnectTimeout(f"connect to {host}:{port} timed out")
+                body = H11Body(self, conn, timeouts.get("read"))  # owns the permit from here
                 write_timeout = timeouts.get("write") or self._write_timeout
+                deadline.deadline = trio.current_time() + write_timeout
+                try:
+                    await conn.stream.send_all(wire.encode(conn.h11))
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise httpx2.WriteError(f"sending the request failed: {exc!r}") from exc
+            del wire  # sent: not kept while the head is awaited
+            if deadline.cancelled_caught or body is None:
+                if body is None:
+                    _, host, port = origin
+                    raise httpx2.ConnectTimeout(f"connect to {host}:{port} timed out")
                 raise httpx2.WriteTimeout(f"the request was not sent within {write_timeout:g} s")
-            body = H11Body(self, conn, timeouts.get("read"))
-            return httpx2.Response(
-                status_code=head.status_code,
-                headers=head.headers.raw_items(),
-                stream=body,
-                extensions={
-                    "http_version": b"HTTP/1.1",
-                    "reason_phrase": head.reason,
-                    BODY_EXTENSION: body,
-                },
-            )
-        finally:
+            await body.receive_some()  # returns at the head
+            return body.take_head(), body
+        except BaseException as exc:
             if body is None:
                 self._release()
-
-    async def _exchange(
-        self,
-        conn: _Connection,
-        request: httpx2.Request,
-        timeouts: dict[str, float | None],
-        deadline: trio.CancelScope,
-    ) -> h11.Response:
-        """Send the request and read the response head; on any failure the socket is closed.
-        The write is bounded by the write timeout through `deadline` (the caller's scope, which
-        says it timed out); the head's reads are not."""
-        parser = conn.h11
-        try:
-            try:
-                content = request.content  # a body given whole (ours always are)
-            except httpx2.RequestNotRead:
-                content = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
-            out = parser.send(
-                h11.Request(
-                    method=request.method, target=request.url.raw_path, headers=request.headers.raw
-                )
-            )
-            assert out is not None
-            if content:
-                out += parser.send(h11.Data(data=content)) or b""
-            out += parser.send(h11.EndOfMessage()) or b""
-            deadline.deadline = trio.current_time() + (timeouts.get("write") or self._write_timeout)
-            try:
-                await conn.stream.send_all(out)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise httpx2.WriteError(f"sending the request failed: {exc!r}") from exc
-            deadline.deadline = math.inf
-            read_timeout = timeouts.get("read")
-            while True:
-                event = parser.next_event()
-                if event is h11.NEED_DATA:
-                    parser.receive_data(await _read_within(conn.stream, read_timeout, "response"))
-                elif type(event) is h11.Response:
-                    return event
-                elif type(event) is h11.ConnectionClosed:
-                    raise httpx2.RemoteProtocolError(
-                        "the server disconnected without sending a response"
-                    )
-                # InformationalResponse (1xx): wait for the final response
-        except h11.RemoteProtocolError as exc:
-            await self._discard(conn)
-            raise httpx2.RemoteProtocolError(str(exc)) from exc
-        except h11.LocalProtocolError as exc:
-            await self._discard(conn)
-            raise httpx2.LocalProtocolError(str(exc)) from exc
-        except BaseException:
-            await self._discard(conn)
+            else:
+                await body._abort()  # closes the connection, gives the permit back
+            if isinstance(exc, h11.LocalProtocolError):
+                raise httpx2.LocalProtocolError(str(exc)) from exc
             raise
 
     # --- the pool ---------------------------------------------------------------------------
 
-    def _take_idle(self, origin: _Origin) -> _Connection | None:
+    def _take_idle(self, origin: Origin) -> _Connection | None:
         """The newest usable idle connection to `origin`; expired or stale ones are closed."""
         idle = self._idle
         if not idle:
@@ -476,9 +565,17 @@ class H11Transport(httpx2.AsyncBaseTransport):
         """Close a connection in use (an early close, an error, a cancel) at once. A socket's
         close is synchronous: done here, a cancelled task does not pay the two scheduler
         passes of `aclose_forcefully`'s cancelled checkpoint before its `End` (bench_cancel)."""
-        self._open.discard(conn)
-        if not _close_now(conn.stream):
+        if not self._close_in_use(conn):
+            self._open.discard(conn)
             await trio.aclose_forcefully(conn.stream)  # not a socket (tests may wrap one)
+
+    def _close_in_use(self, conn: _Connection) -> bool:
+        """Close a connection in use synchronously; False (nothing done) when its stream is
+        not a socket (`_discard` then closes it awaited)."""
+        if not _close_now(conn.stream):
+            return False
+        self._open.discard(conn)
+        return True
 
     def _drop(self, conn: _Connection) -> None:
         """Close an idle connection without waiting (nothing is in flight on it)."""
@@ -488,7 +585,7 @@ class H11Transport(httpx2.AsyncBaseTransport):
     def _release(self) -> None:
         self._permits.release()
 
-    async def _connect(self, origin: _Origin) -> _Connection:
+    async def _connect(self, origin: Origin) -> _Connection:
         """A new connection (TCP, and TLS for `https`); the caller's scope bounds it by the
         connect timeout. The socket is closed on every way out but success (an error, the
         timeout's cancel, any other cancel)."""

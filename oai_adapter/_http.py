@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
+import h11
 import httpx2
 import trio
 
@@ -56,7 +57,7 @@ from ._config import AdapterConfig, dropped_credential
 from ._errors import ErrorKind, make_error
 from ._h2transport import ALPN as H2_ALPN
 from ._h2transport import H2Transport
-from ._h11transport import BODY_EXTENSION, H11Body, H11Transport
+from ._h11transport import BODY_EXTENSION, H11Body, H11Transport, WireRequest, origin_of
 from ._log import log, log_httpx2_request
 from ._tls import build_ssl_context, shared_ssl_context
 from ._transport import CLOSE_GRACE, ClosingTransport
@@ -278,14 +279,19 @@ class Upstream:
         json: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx2.Request:
-        target = parse_url(url)
-        self.check_egress(target)
-        hdrs: dict[str, str] = dict(headers or {})
-        if json is not None:
-            hdrs["content-type"] = "application/json"
+        target, hdrs = self._target(url, json, headers)
         request = None
-        if json:
-            request = self._build_with_body(method, target, json, hdrs)
+        pairs = self._header_pairs(target, json, hdrs) if json else None
+        if pairs is not None and json:
+            client = self.client
+            request = httpx2.Request(
+                method,
+                target,
+                headers=pairs,
+                stream=httpx2.ByteStream(json),
+                extensions={"timeout": client.timeout.as_dict()},
+            )
+            request.read()  # as httpx2 does for a body given whole: `request.content` is set
         if request is None:
             request = self.client.build_request(method, target, content=json, headers=hdrs)
         # Added last, into the request's own headers (whose repr masks it): no local variable
@@ -293,18 +299,52 @@ class Upstream:
         request.headers.update(self._auth_header())
         return request
 
-    def _build_with_body(
-        self, method: str, target: httpx2.URL, body: bytes, headers: dict[str, str]
-    ) -> httpx2.Request | None:
-        """The request `client.build_request(method, target, content=body, headers=headers)`
-        builds — the same headers in the same order, the same body and extensions — in a third
-        of its CPU (≈ 8 µs instead of ≈ 23 µs: httpx2 merges the headers through its generic
-        `MutableMapping` methods, builds them three times and finds the missing `Content-Length`
-        by a caught `KeyError`; part of every task's set-up, docs/performance.md). Its order,
-        as httpx2's: `Host`, the client's headers not overridden (case-insensitively),
-        `headers`, `Content-Length`. None, and the caller asks httpx2, whenever httpx2 would do
-        more: cookies in the client's jar, or a `Host`, `Content-Length` or
-        `Transfer-Encoding` header given (`tests/test_http_request.py` compares the two)."""
+    def wire_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[httpx2.URL, WireRequest]:
+        """The request `build_request` builds, as our HTTP/1.1 transport sends it — the same
+        headers in the same order and the same body — without httpx2's `Request` when the
+        headers are built here (≈ 1.5 KB per stream held while 1,000 streams connect at once,
+        and ≈ 8 µs of the set-up: docs/performance.md); with it (then read into a
+        `WireRequest`) where httpx2 would do more. The key goes into the request's own
+        headers last, as in `build_request`."""
+        target, hdrs = self._target(url, json, headers)
+        pairs = self._header_pairs(target, json, hdrs) if json else None
+        if pairs is None or not json:
+            request = self.build_request(method, url, json=json, headers=headers)
+            return target, WireRequest.of(request, request.content)
+        wire = WireRequest(method, target.raw_path, pairs, json)
+        wire.add_headers(self._auth_header())
+        return target, wire
+
+    def _target(
+        self, url: str, json: bytes | None, headers: Mapping[str, str] | None
+    ) -> tuple[httpx2.URL, dict[str, str]]:
+        """The request's URL, checked against `allowed_hosts`, and its own headers."""
+        target = parse_url(url)
+        self.check_egress(target)
+        hdrs: dict[str, str] = dict(headers or {})
+        if json is not None:
+            hdrs["content-type"] = "application/json"
+        return target, hdrs
+
+    def _header_pairs(
+        self, target: httpx2.URL, body: bytes, headers: dict[str, str]
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The headers `client.build_request(method, target, content=body, headers=headers)`
+        builds — the same headers in the same order — in a third of its CPU (≈ 8 µs instead of
+        ≈ 23 µs: httpx2 merges the headers through its generic `MutableMapping` methods, builds
+        them three times and finds the missing `Content-Length` by a caught `KeyError`; part of
+        every task's set-up, docs/performance.md). Its order, as httpx2's: `Host`, the client's
+        headers not overridden (case-insensitively), `headers`, `Content-Length`. None, and the
+        caller asks httpx2, whenever httpx2 would do more: cookies in the client's jar, or a
+        `Host`, `Content-Length` or `Transfer-Encoding` header given
+        (`tests/test_http_request.py` compares the two)."""
         client = self.client
         own = {name.lower() for name in headers}
         if not own.isdisjoint(_AUTO_HEADERS) or client.cookies:
@@ -318,38 +358,31 @@ class Upstream:
                 pairs.append((key, value))
         pairs.extend((k.encode("ascii"), v.encode("ascii")) for k, v in headers.items())
         pairs.append((b"Content-Length", b"%d" % len(body)))
-        request = httpx2.Request(
-            method,
-            target,
-            headers=pairs,
-            stream=httpx2.ByteStream(body),
-            extensions={"timeout": client.timeout.as_dict()},
-        )
-        request.read()  # as httpx2 does for a body given whole: `request.content` is set
-        return request
+        return pairs
 
     async def send(self, request: httpx2.Request, *, stream: bool) -> httpx2.Response:
-        """Send; a redirect is never followed (the caller sees the 3xx and maps it)."""
-        transport = self.transport
-        if stream and type(transport) is H11Transport:
-            return await self._send_h11(transport, request)
+        """Send through httpx2; a redirect is never followed (the caller sees the 3xx and maps
+        it)."""
         return await self.client.send(request, stream=stream, follow_redirects=False)
 
-    async def _send_h11(self, transport: H11Transport, request: httpx2.Request) -> httpx2.Response:
-        """A streamed request straight to our HTTP/1.1 transport, without httpx2's send layers
-        (auth and redirect generators, the byte-counting stream wrapper; ≈ 4 coroutine frames
-        per open stream and part of the set-up CPU, docs/performance.md). Kept from
-        `AsyncClient._send_single_request`: the request on the transport's exceptions and on the
-        response, the cookie jar, and httpx2's own request line on its logger."""
-        try:
-            response = await transport.handle_async_request(request)
-        except httpx2.RequestError as exc:
-            exc.request = request
-            raise
-        response.request = request
-        self.client.cookies.extract_cookies(response)
-        log_httpx2_request(request, response)
-        return response
+    def h11_response(
+        self, method: str, target: httpx2.URL, head: h11.Response, body: H11Body
+    ) -> UpstreamResponse:
+        """The response of a request sent straight to our HTTP/1.1 transport, without httpx2's
+        send layers (auth and redirect generators, the byte-counting stream wrapper, its
+        `Request` and `Response`: ≈ 4 coroutine frames and 2 KB per stream while it connects,
+        and part of the set-up CPU, docs/performance.md). Kept from httpx2's
+        `AsyncClient._send_single_request`: the cookie jar (only when the response sets a
+        cookie: then httpx2's objects are built for it) and httpx2's request line on its logger."""
+        headers = httpx2.Headers(head.headers.raw_items())
+        if "set-cookie" in headers:
+            self.client.cookies.extract_cookies(
+                httpx2.Response(
+                    head.status_code, headers=headers, request=httpx2.Request(method, target)
+                )
+            )
+        log_httpx2_request(method, target, "HTTP/1.1", head.status_code, head.reason)
+        return UpstreamResponse(self, head.status_code, headers, "HTTP/1.1", body=body)
 
     async def get(self, url: str) -> tuple[int, httpx2.Headers, bytes]:
         """A small GET (probes): status, headers and the body, at most `MAX_PROBE_BYTES`."""
@@ -391,13 +424,24 @@ class StreamOpening:
         self._resp: UpstreamResponse | None = None
 
     async def __aenter__(self) -> UpstreamResponse:
-        upstream = self._upstream
-        request = upstream.build_request(
-            self._method, self._url, json=self._json, headers=self._headers
-        )
+        upstream, method = self._upstream, self._method
+        json, headers = self._json, self._headers
         self._json = self._headers = None  # the request has them; the block may last long
-        response = await upstream.send(request, stream=True)
-        self._resp = resp = UpstreamResponse(response, upstream)
+        transport = upstream.transport
+        if type(transport) is not H11Transport:
+            request = upstream.build_request(method, self._url, json=json, headers=headers)
+            response = await upstream.send(request, stream=True)
+            self._resp = resp = UpstreamResponse.of(response, upstream)
+            return resp
+        # Straight to our HTTP/1.1 transport (`Upstream.h11_response`), here rather than in a
+        # method: every stream waits for its head on this stack, a frame less.
+        target, wire = upstream.wire_request(method, self._url, json=json, headers=headers)
+        try:
+            head, body = await transport.open(origin_of(target), wire)
+        except httpx2.RequestError as exc:
+            exc.request = httpx2.Request(method, target)  # as httpx2 sets it: the error's host
+            raise
+        self._resp = resp = upstream.h11_response(method, target, head, body)
         return resp
 
     async def __aexit__(
@@ -449,13 +493,22 @@ class UpstreamResponse:
     _drain_scope: trio.CancelScope  # both set by `keep_connection()` before a background drain
     _closed: trio.Event
 
-    def __init__(self, response: httpx2.Response, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        status: int,
+        headers: httpx2.Headers,
+        version: str,
+        *,
+        body: H11Body | None = None,
+        response: httpx2.Response | None = None,
+    ) -> None:
+        """Over our HTTP/1.1 transport, its `body`; else httpx2's `response`, read through it."""
         self._upstream = upstream
-        self.status = response.status_code
-        self.headers: httpx2.Headers = response.headers
-        self.http_version = http_version(response)
-        self.request_id = request_id(response.headers)
-        body = response.extensions.get(BODY_EXTENSION)
+        self.status = status
+        self.headers: httpx2.Headers = headers
+        self.http_version = version
+        self.request_id = request_id(headers)
         self._body: H11Body | None = body
         self._chunks: AsyncIterator[bytes] | None = None
         #: `await resp.receive()`: the body bytes of the next network read, `b""` at its end.
@@ -468,6 +521,7 @@ class UpstreamResponse:
         if body is not None:
             self.receive = body.receive_some
         else:
+            assert response is not None
             self._response = response
             self._chunks = chunks = response.aiter_raw()
             self._next = chunks.__anext__
@@ -475,6 +529,20 @@ class UpstreamResponse:
         self._ended = False
         self.keep = False  # drain when the block is left: `keep_connection(in_background=False)`
         self.released = False  # handed to a background drain: `keep_connection()`
+
+    @classmethod
+    def of(cls, response: httpx2.Response, upstream: Upstream) -> UpstreamResponse:
+        """An httpx2 response; one of our HTTP/1.1 transport's (HTTP/2's fallback) is read
+        through its body, and httpx2's objects are not kept."""
+        body = response.extensions.get(BODY_EXTENSION)
+        return cls(
+            upstream,
+            response.status_code,
+            response.headers,
+            http_version(response),
+            body=body,
+            response=None if body is not None else response,
+        )
 
     def forget_headers(self) -> None:
         """The caller has read what it needs of the head (a stream, once accepted): the
@@ -536,6 +604,15 @@ class UpstreamResponse:
                 self.released = True
                 return
         self.keep = True
+
+    def close_now(self) -> bool:
+        """Close the connection at once, synchronously, for a cancel (`TaskState.stop()`): the
+        upstream sees the close when `cancel()` returns, not after the reader has unwound. True
+        when the response holds no connection afterwards (over our HTTP/1.1 transport); False
+        when only an awaited close can end it (HTTP/2's stream reset, httpx2's transport, a
+        background drain's response), and the reader's own close does."""
+        body = self._body
+        return body is not None and not self.released and body.close_now()
 
     async def aclose_now(self) -> None:
         """Close the response now: a background drain of it is cancelled and waited for

@@ -159,16 +159,19 @@ for _name in _FILTERED_LOGGERS:
 _HTTPX2_LOG: Final = logging.getLogger("httpx2")
 
 
-def log_httpx2_request(request: httpx2.Request, response: httpx2.Response) -> None:
+def log_httpx2_request(
+    method: str, url: httpx2.URL, http_version: str, status: int, reason: bytes
+) -> None:
     """httpx2's INFO request line, as `AsyncClient.send` writes it, for a request sent straight
-    to our HTTP/1.1 transport (`Upstream.send`). The URL carries no key (the key is a header)."""
+    to our HTTP/1.1 transport (`Upstream.h11_response`). The URL carries no key (the key is a
+    header)."""
     _HTTPX2_LOG.info(
         'HTTP Request: %s %s "%s %d %s"',
-        request.method,
-        request.url,
-        response.http_version,
-        response.status_code,
-        response.reason_phrase,
+        method,
+        url,
+        http_version,
+        status,
+        reason.decode("ascii", errors="ignore"),
     )
 
 

@@ -7,11 +7,12 @@ finished task never removes a newer task that reused its id. `cancel` sets the f
 then cancels the reader's scope; it never blocks. The registry knows nothing of threads: the
 adapter checks it is called from its trio thread before it gets here.
 
-The reader's scope also carries the task's `total` deadline (one cancel scope for both ends of
-a task, not two: trio keeps two sets per entered scope, docs/performance.md "Memory per open
-stream"). So everything that ends the reader on purpose goes through `TaskState.stop()`, and
-`stopped` tells the reader which it was: False after its scope was cancelled means the
-deadline passed.
+The reader's scope — one per attempt, and per backoff, made by `TaskState.renew_scope()` — also
+carries the task's `total` deadline and the attempt's read deadlines (one cancel scope for all
+the ways a task ends, not three: trio keeps a status and two sets per entered scope,
+docs/performance.md "Memory per open stream"). So everything that ends the reader on purpose
+goes through `TaskState.stop()`, and `stopped` tells the reader which it was: False after its
+scope was cancelled means a deadline passed. A scope made after `stop()` is cancelled at once.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["Draining", "RegistryStatistics", "TaskRegistry", "TaskState"]
+__all__ = ["Draining", "Open", "RegistryStatistics", "TaskRegistry", "TaskState"]
 
 
 class Draining(Protocol):
     """A response whose tail a background drain reads (`_http.UpstreamResponse`)."""
 
     async def aclose_now(self) -> None: ...
+
+
+class Open(Protocol):
+    """The response a reader is reading (`_http.UpstreamResponse`)."""
+
+    def close_now(self) -> bool: ...
 
 
 class TaskState:
@@ -39,6 +46,8 @@ class TaskState:
         "cancel_requested",
         "draining",
         "reader_done",
+        "response",
+        "response_closed",
         "retry_refused",
         "scope",
         "stopped",
@@ -47,9 +56,10 @@ class TaskState:
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        # The reader runs in it. Cancelled by `stop()` (cancel(task_id), leaving `submit`) and by
-        # its deadline, the task's `total`, which the reader sets.
-        self.scope = trio.CancelScope()
+        # The scope the reader runs in now (`renew_scope()`; None before its first attempt).
+        # Cancelled by `stop()` (cancel(task_id), leaving `submit`) and by its deadlines, which
+        # the reader sets.
+        self.scope: trio.CancelScope | None = None
         self.stopped = False  # `stop()` was called: the reader sends no `End`
         self.cancel_requested = False
         # The reader has finished and closed (or handed off) its response: `reader_finished()`.
@@ -60,6 +70,12 @@ class TaskState:
         # The response the reader handed to a background drain after the upstream finished:
         # a cancel that comes later closes it before `End(cancelled)` is returned.
         self.draining: Draining | None = None
+        # The response the reader is reading, set by the reader while it holds one: `stop()`
+        # closes its connection at once, and `response_closed` says it did — the upstream sees
+        # the close when `cancel()` returns, and the cancel's `End` need not wait for the
+        # reader to unwind (DESIGN.md: the response is closed by the time `End` is read).
+        self.response: Open | None = None
+        self.response_closed = False
         # Written by the reader's attempts loop only: attempts made so far, and whether the
         # retry budget refused the retry after the last one (`EventStream.statistics()`).
         self.attempts = 0
@@ -81,15 +97,22 @@ class TaskState:
 
     def stop(self) -> None:
         """End the reader on purpose (a cancel, or the consumer closed the stream or left the
-        block): its scope is cancelled and it sends no `End`. Never blocks; idempotent."""
+        block): its scope is cancelled and it sends no `End`, and the connection of the response
+        it reads is closed now (`response_closed`). Never blocks; idempotent."""
         self.stopped = True
-        self.scope.cancel()
+        if self.scope is not None:  # first: a reader waiting on the socket wakes cancelled
+            self.scope.cancel()
+        response = self.response
+        if response is not None and response.close_now():
+            self.response_closed = True
 
     def renew_scope(self) -> trio.CancelScope:
-        """For the reader after its scope's deadline passed (not `stop()`): a fresh scope, without
-        a deadline, that `stop()` reaches, to send the deadline's `End` in."""
-        self.scope = trio.CancelScope()
-        return self.scope
+        """For the reader: a fresh scope that `stop()` reaches (an attempt's, a backoff's, the
+        one `End` is sent in), cancelled already when `stop()` came first."""
+        scope = self.scope = trio.CancelScope()
+        if self.stopped:
+            scope.cancel()
+        return scope
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,9 +285,12 @@ class EventStream(BatchStream["TaskState"]):
 
     async def _producer_stopped(self) -> None:
         state = self._state
-        if not state.reader_done:  # finished already: no scheduler pass before `End`
-            await state.wait_reader()  # the reader has closed the upstream response, or handed
-        if state.draining is not None:  # it to a drain after the upstream finished: close it now
+        # The cancel closed the response's connection itself (over HTTP/1.1), or the reader
+        # has finished: no wait, no scheduler pass before `End`. Else the reader closes the
+        # response, or has handed it to a drain after the upstream finished: close that now.
+        if not (state.reader_done or state.response_closed):
+            await state.wait_reader()
+        if state.draining is not None:
             await state.draining.aclose_now()
 
     async def _cancelled(self) -> End:

@@ -113,6 +113,7 @@ class _Reader:
         "_first_token_read",
         "_max_tokens",
         "_pending",
+        "_total_deadline",
         "body",
         "config",
         "decoder",
@@ -152,6 +153,7 @@ class _Reader:
         self.output_seen = False  # any delta event (Token, ReasoningDelta, ToolCallDelta) yet
         self.last_token_at: float | None = None
         self._first_deadline = 0.0
+        self._total_deadline = math.inf  # `run` sets it: the task's `total` deadline
         # The read waiting now has the first-token deadline (True) or the idle one (False);
         # None while the request is sent and its head awaited (the first-token deadline).
         self._first_token_read: bool | None = None
@@ -164,46 +166,77 @@ class _Reader:
         """Attempts until one is accepted (`Started` sent) or the last one fails, the stream
         (in the accepted attempt, `_attempt`), and `End`. The retry loop is here, not in a
         function of its own: a waiting stream's stack is `run` → `_attempt` → `_stream` → the
-        read, and every coroutine frame on it is kept for the stream's life."""
+        read, and every coroutine frame on it is kept for the stream's life.
+
+        Each attempt, and each backoff, runs in a scope of its own that `cancel()` reaches
+        (`TaskState.renew_scope()`), and that one scope carries every deadline: the task's
+        `total` and the attempt's read deadlines, whichever comes first (`_limit`). One scope,
+        not two: trio keeps a status and two sets per entered scope (docs/performance.md,
+        memory). When it fires, `stopped` says whether it was a stop, and the clock which
+        deadline it was."""
         state = self.state
+        total = self._total_deadline = self.started_at + self.config.timeouts.total
         try:
-            # `cancel()` and the `total` deadline both end the task: the scope `cancel()`
-            # reaches carries the deadline too (one scope, not two: trio keeps two sets per
-            # entered scope; docs/performance.md, memory).
-            scope = state.scope
-            scope.deadline = self.started_at + self.config.timeouts.total
-            with scope:
-                error: WorkerError | None = None
-                attempt = 0
-                while True:
-                    attempt += 1
-                    self.tlog.attempt = attempt
-                    state.attempts = attempt  # `EventStream.statistics().attempts`
+            error: WorkerError | None = None
+            attempt = 0
+            while True:
+                attempt += 1
+                self.tlog.attempt = attempt
+                state.attempts = attempt  # `EventStream.statistics().attempts`
+                error = None
+                with state.renew_scope() as scope:
+                    scope.deadline = total
                     try:
-                        if await self._attempt(attempt):
+                        if await self._attempt(attempt, scope):
                             return  # `End` sent; a tail is drained in the background
-                        break  # the body ended without an end marker: no error
                     except _Failed as failed:
                         error = failed.error
-                    delay = self._retry_delay(error, attempt)
-                    if delay is None:
-                        break
-                    self.retry_cause, error = error, None
-                    await trio.sleep(delay)  # within `total`: past it, DEADLINE_UNMET
-                    self.retry_cause = None
-                    self.mapper = self._new_mapper()
-                    self.decoder = SSEDecoder()
-                scope.deadline = math.inf  # this `End` goes out however late; only a stop ends it
-                await self._finish(error)
-                return
-            if state.stopped:
-                return  # cancelled, or the consumer left: it makes its own `End`
-            # The deadline passed: its `End`, in a fresh scope that a stop still reaches.
+                if state.stopped:
+                    return  # cancelled, or the consumer left: it makes its own `End`
+                if scope.cancelled_caught:
+                    error = self._deadline_error()
+                if error is None:
+                    break  # the body ended without an end marker: no error
+                delay = self._retry_delay(error, attempt)
+                if delay is None:
+                    break
+                self.retry_cause, error = error, None
+                with state.renew_scope() as scope:
+                    scope.deadline = total  # past it, DEADLINE_UNMET
+                    await trio.sleep(delay)
+                if state.stopped:
+                    return
+                if scope.cancelled_caught:
+                    error = self._total_timeout()
+                    break
+                self.retry_cause = None
+                self.mapper = self._new_mapper()
+                self.decoder = SSEDecoder()
+            # This `End` goes out however late: only a stop ends it.
             with state.renew_scope():
-                await self._finish(self._total_timeout())
+                await self._finish(error)
         finally:
             self.send.close()  # synchronous: no scheduler pass between a cancel and the end
             state.reader_finished()
+
+    def _limit(self, deadline: float) -> float:
+        """`deadline`, or the task's `total` deadline when that comes first."""
+        total = self._total_deadline
+        return deadline if deadline < total else total
+
+    def _deadline_error(self) -> WorkerError:
+        """The error of the attempt scope's deadline that passed: `total`, the first-token
+        deadline before `Started`, or a read's (first token, or idle)."""
+        if trio.current_time() >= self._total_deadline:
+            return self._total_timeout()
+        first_token_read = self._first_token_read
+        if self.started is not None or first_token_read is False:
+            return self._read_timeout(bool(first_token_read))
+        timeouts = self.config.timeouts
+        return make_error(
+            ErrorKind.DECODE_TIMEOUT,
+            f"first_token timeout: no event within {timeouts.first_token:g} s of the request",
+        )
 
     def _new_mapper(self) -> Mapper:
         return MAPPERS[self.config.api](self.task_id, max_tokens=self._max_tokens)
@@ -258,12 +291,12 @@ class _Reader:
         config = self.config
         self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
 
-    async def _attempt(self, attempt: int) -> bool:
-        """One request. Before `Started` a failure raises `_Failed` (retried where the table
-        says); after it, the stream runs to its end here. True when `End` was sent."""
+    async def _attempt(self, attempt: int, scope: trio.CancelScope) -> bool:
+        """One request, in `scope` (`run`'s: its deadlines are this attempt's). Before `Started`
+        a failure raises `_Failed` (retried where the table says); after it, the stream runs
+        to its end here. True when `End` was sent."""
         endpoint = self.endpoint
-        config = self.config
-        timeouts = config.timeouts
+        timeouts = self.config.timeouts
         sent_at = trio.current_time()
         first_deadline = sent_at + timeouts.first_token
         self._first_token_read = None
@@ -272,16 +305,18 @@ class _Reader:
         # The first-token deadline bounds the send, the headers and the first event; once the
         # stream is accepted the same scope carries the stream's read deadlines (`_stream`):
         # one scope per attempt, not one per read.
-        with trio.CancelScope(deadline=first_deadline) as deadline_scope:
-            try:
-                async with endpoint.upstream.open_stream(
-                    endpoint.url, json=self.body, headers=self.headers
-                ) as resp:
-                    out = await self._accept(resp, first_deadline, deadline_scope)
-                    deadline_scope.deadline = math.inf
+        scope.deadline = self._limit(first_deadline)
+        try:
+            async with endpoint.upstream.open_stream(
+                endpoint.url, json=self.body, headers=self.headers
+            ) as resp:
+                self.state.response = resp  # `stop()` closes it at once (a cancel)
+                try:
+                    out = await self._accept(resp, first_deadline, scope)
+                    scope.deadline = self._total_deadline
                     await self._start(resp, attempt, first_deadline, out)
                     try:
-                        await self._stream(resp, deadline_scope)
+                        await self._stream(resp, scope)
                     except _Failed as failed:
                         error = failed.error
                     if self.mapper.done:
@@ -293,32 +328,22 @@ class _Reader:
                             self.state.draining = resp
                         await self._finish(error)
                         return True
-            except WorkerError as exc:
-                raise _Failed(exc) from exc
-            except (httpx2.HTTPError, OSError) as exc:
-                error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
-                raise _Failed(error) from exc
-        first_token_read = self._first_token_read
-        if deadline_scope.cancelled_caught and (
-            self.started is not None or first_token_read is False
-        ):
-            raise _Failed(self._read_timeout(bool(first_token_read)))  # a read deadline
-        if deadline_scope.cancelled_caught:  # the first-token deadline before `Started`
-            raise _Failed(
-                make_error(
-                    ErrorKind.DECODE_TIMEOUT,
-                    f"first_token timeout: no event within {timeouts.first_token:g} s of the request",
-                )
-            )
-        if error is not None:  # after `Started`: `_attempts` does not retry it
+                finally:
+                    self.state.response = None
+        except WorkerError as exc:
+            raise _Failed(exc) from exc
+        except (httpx2.HTTPError, OSError) as exc:
+            error = error_from_transport(exc, after_headers=False, timeouts=timeouts)
+            raise _Failed(error) from exc
+        if error is not None:  # after `Started`: `run` does not retry it
             raise _Failed(error)
         return False  # the body ended without an end marker, and that is no error
 
     async def _accept(
-        self, resp: UpstreamResponse, first_deadline: float, deadline_scope: trio.CancelScope
+        self, resp: UpstreamResponse, first_deadline: float, scope: trio.CancelScope
     ) -> list[Event]:
         """Read up to the first event the mapper counts; `_Failed` if the stream is refused.
-        The reads are bounded through the attempt's `deadline_scope` (no scope of their own:
+        The reads are bounded through the attempt's `scope` (no scope of their own:
         one is ≈ 5 µs of the set-up, docs/performance.md): by the first-token deadline, or by
         `idle` after the headers when that comes first (`_first_token_read` says which)."""
         timeouts = self.config.timeouts
@@ -348,7 +373,7 @@ class _Reader:
         out: list[Event] = []
         idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
         self._first_token_read = first_deadline <= idle_deadline
-        deadline_scope.deadline = min(idle_deadline, first_deadline)
+        scope.deadline = self._limit(min(idle_deadline, first_deadline))
         mapper = self.mapper
         self._pending = []
         while mapper.events_seen == 0 and not mapper.done:
@@ -364,7 +389,7 @@ class _Reader:
                     break
             if chunk is None:
                 break
-        deadline_scope.deadline = first_deadline  # back to the attempt's, for what follows
+        scope.deadline = self._limit(first_deadline)  # back to the attempt's, for what follows
         if mapper.error is not None:
             if mapper.done:
                 # The first event is an error: not accepted. The upstream said it finished, so
@@ -415,38 +440,39 @@ class _Reader:
         # read) now, before this task goes on to read, drain or finish: time to first token.
         await trio.lowlevel.checkpoint()
 
-    async def _stream(self, resp: UpstreamResponse, deadline_scope: trio.CancelScope) -> None:
+    async def _stream(self, resp: UpstreamResponse, scope: trio.CancelScope) -> None:
         """Read, parse and send until the upstream finishes. Raises `_Failed` after `Started`.
 
         The hot loop: one network read (`resp.receive()`, the transport's own read over
         HTTP/1.1), straight into the SSE decoder and the mapper, one batch to the channel. The
-        attempt's `deadline_scope` carries the read deadline (first token or idle), moved
-        before each read; it is lifted while a full channel blocks the send, since a slow
-        consumer is backpressure, not upstream silence. When it fires, the attempt raises the
-        timeout (`_first_token_read` says which)."""
+        attempt's `scope` carries the read deadline (first token or idle; `total` when that
+        comes first), moved before each read; it is lifted (to `total`) while a full channel
+        blocks the send, since a slow consumer is backpressure, not upstream silence. When it
+        fires, `run` names the timeout (`_first_token_read` says which)."""
         idle = self.config.timeouts.idle
         mapper = self.mapper
         receive = resp.receive
         feed = self.decoder.feed
         send = self.send
         first_deadline = self._first_deadline
+        total = self._total_deadline
         try:
             last_event = trio.current_time()
             while not mapper.done:
                 deadline = last_event + idle
                 if not self.output_seen and first_deadline <= deadline:
                     self._first_token_read = True
-                    deadline_scope.deadline = first_deadline
+                    deadline = first_deadline
                 else:
                     self._first_token_read = False
-                    deadline_scope.deadline = deadline
+                scope.deadline = deadline if deadline < total else total
                 try:
                     chunk = await receive()
                 except (httpx2.HTTPError, OSError) as exc:
                     raise _Failed(error_from_transport(exc, after_headers=True)) from exc
                 out: list[Event] = []
                 if not chunk:
-                    deadline_scope.deadline = math.inf
+                    scope.deadline = total
                     self._feed_eof(out)
                     if out:
                         await self._emit(out)
@@ -466,11 +492,11 @@ class _Reader:
                     try:
                         send.send_nowait(out)
                     except trio.WouldBlock:
-                        deadline_scope.deadline = math.inf
+                        scope.deadline = total
                         await send.send(out)
                 last_event = trio.current_time()
         finally:
-            deadline_scope.deadline = math.inf  # `Metrics` and `End` are sent within it
+            scope.deadline = total  # `Metrics` and `End` are sent within it
         if mapper.error is not None:
             raise _Failed(mapper.error)
 

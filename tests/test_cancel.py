@@ -70,6 +70,37 @@ async def test_cancel_with_full_buffer_and_consumer_that_read_nothing(
         assert adapter.running() == frozenset()
 
 
+@pytest.mark.parametrize("reader", ["blocked on a full channel", "waiting on the socket"])
+async def test_cancel_closes_the_connection_before_it_returns(
+    upstream: FakeUpstream, reader: str
+) -> None:
+    # The upstream sees the close when `cancel()` returns (bench_cancel's "upstream closed"),
+    # not after the reader task has run and unwound; and the cancel's `End` does not wait for it.
+    many = [f" w{i}" for i in range(4000)] if reader.startswith("blocked") else ["a", "b"]
+    upstream.script(Reply(steps=[*render_stream("chat", many)[: len(many) + 1], Hang()]))
+    async with OpenAIAdapter(make_config(upstream)) as adapter:
+        with trio.fail_after(IO_DEADLINE):
+            async with adapter.submit(TaskRequest(task_id="t", prompt="x")) as events:
+                assert isinstance(await events.__anext__(), Started)
+                while events.statistics().buffered_batches < (
+                    CHANNEL_BATCHES if reader.startswith("blocked") else 1
+                ):
+                    await trio.testing.wait_all_tasks_blocked()
+                await trio.testing.wait_all_tasks_blocked()
+                stats = adapter.upstream.statistics()
+                assert stats.connections == 1
+                assert adapter.cancel("t") is True
+                # no checkpoint since: the reader has not run
+                assert not events.statistics().reader_done
+                stats = adapter.upstream.statistics()
+                assert stats.connections == 0  # closed, and out of the pool
+                end = await events.__anext__()
+                assert isinstance(end, End)
+                assert end.reason == "cancelled"
+            await upstream.disconnected.wait()
+        assert adapter.running() == frozenset()
+
+
 @pytest.mark.req("OC-ADAPT-OAI-6000")
 async def test_cancel_after_upstream_finished_but_consumer_behind(upstream: FakeUpstream) -> None:
     # A fast server: the whole answer arrives in one write, before the consumer reads its

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import h11
 import httpx2
 import pytest
+import trio
 
-from oai_adapter import AdapterConfig
+from oai_adapter import AdapterConfig, End, OpenAIAdapter, TaskRequest
 from oai_adapter._http import Upstream, parse_url
+from oai_adapter.testing import FakeUpstream, Reply, render_stream
+
+from .conftest import IO_DEADLINE, make_config
 
 BODY = b'{"model": "m", "messages": [], "stream": true}'
 TASK_HEADERS = {"x-correlation-id": "c0ffee", "accept": "text/event-stream"}
@@ -79,3 +84,80 @@ def test_httpx2_builds_what_it_would_add_more_to(case: str) -> None:
     same(built, expected)
     if case == "cookie in the jar":
         assert built.headers["cookie"] == "session=s1"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"api_key": "sk-test-0123456789"},
+        {"headers": {"User-Agent": "mine/1.0", "X-Tenant": "t1"}, "api_key": "sk-k"},
+        {"base_url": "http://[::1]:8443/v1"},
+    ],
+)
+def test_the_request_sent_straight_to_our_transport_is_the_one_build_request_builds(
+    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stream over our HTTP/1.1 transport is sent as a `WireRequest`, without httpx2's
+    # `Request` (set-up memory and CPU, docs/performance.md): the same bytes must go out.
+    config = AdapterConfig(**{"base_url": "http://127.0.0.1:8080/v1", "model": "m", **options})
+    upstream = Upstream(config)
+    url = upstream.url("/chat/completions")
+    expected = upstream.build_request("POST", url, json=BODY, headers=TASK_HEADERS)
+
+    def not_asked(*args: object, **kwargs: object) -> None:
+        raise AssertionError("httpx2's Request was built")
+
+    monkeypatch.setattr(upstream.client, "build_request", not_asked)
+    monkeypatch.setattr(httpx2.Request, "__init__", not_asked)
+    target, wire = upstream.wire_request("POST", url, json=BODY, headers=TASK_HEADERS)
+    assert target == expected.url
+    assert (wire.method, wire.target, wire.headers, wire.body) == (
+        "POST",
+        expected.url.raw_path,
+        expected.headers.raw,
+        BODY,
+    )
+    key = options.get("api_key")
+    if key is not None:
+        assert key not in repr(wire)
+    parser = h11.Connection(h11.CLIENT)
+    sent = wire.encode(parser)
+    assert sent.endswith(b"\r\n\r\n" + BODY)
+    assert wire.headers is None  # dropped once sent: not held while the head is awaited
+    assert wire.body is None
+    with pytest.raises(RuntimeError):
+        wire.encode(h11.Connection(h11.CLIENT))
+
+
+def test_a_request_httpx2_builds_is_sent_straight_with_what_httpx2_added() -> None:
+    config = AdapterConfig(base_url="http://127.0.0.1:8080/v1", model="m", api_key="sk-k")
+    upstream = Upstream(config)
+    upstream.client.cookies.set("session", "s1", domain="127.0.0.1")
+    url = upstream.url("/chat/completions")
+    expected = upstream.build_request("POST", url, json=BODY, headers=TASK_HEADERS)
+    _, wire = upstream.wire_request("POST", url, json=BODY, headers=TASK_HEADERS)
+    assert wire.headers == expected.headers.raw
+    assert (b"Cookie", b"session=s1") in wire.headers
+    assert wire.body == BODY
+
+
+async def test_a_cookie_the_upstream_sets_goes_with_the_next_request(
+    upstream: FakeUpstream,
+) -> None:
+    # Sent straight to our transport, a response still fills httpx2's cookie jar (a load
+    # balancer's sticky-session cookie), and the next request carries it.
+    upstream.script(
+        Reply(steps=render_stream("chat", ["a"]), headers=(("set-cookie", "route=r7; Path=/"),)),
+        Reply(steps=render_stream("chat", ["b"])),
+    )
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(make_config(upstream)) as adapter:
+            for i in range(2):
+                async with adapter.submit(TaskRequest(task_id=f"c{i}", prompt="x")) as events:
+                    seen = [ev async for ev in events]
+                    assert isinstance(seen[-1], End)
+                    assert seen[-1].reason == "stop"
+    first, second = upstream.completion_requests()
+    assert "cookie" not in first.headers
+    assert second.headers["cookie"] == "route=r7"

@@ -15,6 +15,7 @@ import types
 from collections.abc import Iterator
 
 import trio
+import trio.testing
 
 from oai_adapter import OpenAIAdapter, Started, TaskRequest, Token
 from oai_adapter.testing import FakeUpstream, Hang, Reply, Send, chat_chunk, sse
@@ -87,3 +88,34 @@ async def test_a_running_stream_keeps_neither_its_request_nor_the_response_head(
             assert not [t for t in texts if HEAD_MARK in t]  # no response headers
             # nor does anything else of the adapter (the `submit` block's own object included)
             assert not [o for o in gc.get_objects() if isinstance(o, TaskRequest)]
+
+
+async def test_a_running_stream_reads_in_one_cancel_scope_that_cancel_reaches(
+    adapter: OpenAIAdapter, upstream: FakeUpstream
+) -> None:
+    # The task's `total`, the attempt's read deadlines and `cancel()` share one scope: trio keeps
+    # a status and two sets for every scope entered (≈ 0.65 KB per open stream, docs/performance.md).
+    upstream.script(Reply(steps=[Send(sse(chat_chunk("a"))), Hang()]))
+    me = trio.lowlevel.current_task()
+    with trio.fail_after(IO_DEADLINE):
+        before = set(me.child_nurseries)
+        async with adapter.submit(TaskRequest(task_id="one-scope", prompt="x")) as events:
+            (nursery,) = set(me.child_nurseries) - before
+            (reader,) = nursery.child_tasks
+            async for event in events:
+                if isinstance(event, Token):
+                    break
+            await trio.testing.wait_all_tasks_blocked()
+            scopes: dict[int, trio.CancelScope] = {}
+            coro: object = reader.coro
+            while coro is not None:  # the reader's stack, frame by frame
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                for value in (frame.f_locals if frame is not None else {}).values():
+                    if isinstance(value, trio.CancelScope):
+                        scopes[id(value)] = value
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+            assert len(scopes) == 1
+            (scope,) = scopes.values()
+            assert scope.deadline < float("inf")  # the idle deadline, or `total`
+            assert adapter.cancel("one-scope")
+            assert scope.cancel_called  # the scope `cancel()` reaches is the one it reads in

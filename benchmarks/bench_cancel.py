@@ -23,13 +23,15 @@ without it the next task's request (the upstream writes a 2 MB body for it) can 
 before the close, and what was measured was the server's work, not the close (with
 `sse_server.py`: p99 ~2.5 ms for the adapter, as for any client that sends the next request at
 once).
-`--pin` puts the upstream on one CPU and the adapter on another. Unpinned (the default), the
-upstream saw the adapter's `full` close ~0.45 ms after the adapter's `close()` returned, pinned
-~0.03 ms (a probe timing that call): the figures fit the kernel waking the upstream on the
-CPU of the process whose close woke it, where it waits until the adapter blocks — and in `full`
-the adapter still delivers `End` and cleans up after its close (upstream closed p50 ~0.6 ms
-unpinned, ~0.2 ms pinned, on 2 cores at load < 1). `raw full` sleeps at once after its close
-and does not show it. Pinned, the upstream waits instead whenever another process holds its CPU.
+`--pin` puts the upstream on one CPU and the adapter on another. Unpinned (the default), this
+upstream saw the adapter's `full` close ~0.44 ms after the socket's `close()` returned, pinned
+~0.03 ms (a probe timing that call; 2 cores, load < 1): the figures fit the kernel waking the
+upstream on the CPU of the process whose close woke it, where it waits until the adapter
+blocks — and in `full` the adapter still delivers `End` and cleans up after its close (upstream
+closed p50 0.48–0.55 ms unpinned, 0.02 ms pinned). `raw full` sleeps at once after its close and
+does not show it. `sse_server.py`, unpinned, waited ~0.2 ms there; why the two are woken
+differently is not known. Pinned, the upstream waits instead whenever another process holds its
+CPU.
 Targets (issue 16): cancel → End p99 ≤ 0.5 ms, upstream closed p99 ≤ 0.3 ms.
 
     python benchmarks/bench_cancel.py [--quick] [--pin] [--json out.json]

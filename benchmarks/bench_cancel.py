@@ -23,18 +23,19 @@ without it the next task's request (the upstream writes a 2 MB body for it) can 
 before the close, and what was measured was the server's work, not the close (with
 `sse_server.py`: p99 ~2.5 ms for the adapter, as for any client that sends the next request at
 once).
-`--pin` puts the upstream on one CPU and the adapter on another. Unpinned (the default), this
-upstream saw the adapter's `full` close ~0.44 ms after the socket's `close()` returned, pinned
-~0.03 ms (a probe timing that call; 2 cores, load < 1): the figures fit the kernel waking the
-upstream on the CPU of the process whose close woke it, where it waits until the adapter
-blocks — and in `full` the adapter still delivers `End` and cleans up after its close (upstream
-closed p50 0.48–0.55 ms unpinned, 0.02 ms pinned). `raw full` sleeps at once after its close and
-does not show it. `sse_server.py`, unpinned, waited ~0.2 ms there; why the two are woken
-differently is not known. Pinned, the upstream waits instead whenever another process holds its
-CPU.
+The upstream and the adapter run pinned to different CPUs (as in `bench_paced`), which is how
+an upstream on its own machine sees a close: the reset leaves inside the adapter's `close()`
+call (now inside `cancel()` itself), and nothing on the client's side can delay it. Unpinned
+(`--unpinned`), on this 2-core machine the kernel wakes the upstream on the CPU of the process
+whose close woke it, and there it waits until the adapter blocks: in `full` the adapter still
+delivers `End` and frees ~10,000 buffered events after its close, so the upstream saw it
+~0.44 ms after the socket's `close()` returned (a probe timing that call; pinned ~0.03 ms;
+upstream closed p50 0.48–0.55 ms unpinned, 0.02 ms pinned). `raw full` sleeps at once after its
+close and does not show it. Pinned, the upstream waits instead whenever another process holds
+its CPU (a busy machine shows that in p99).
 Targets (issue 16): cancel → End p99 ≤ 0.5 ms, upstream closed p99 ≤ 0.3 ms.
 
-    python benchmarks/bench_cancel.py [--quick] [--pin] [--json out.json]
+    python benchmarks/bench_cancel.py [--quick] [--unpinned] [--json out.json]
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument(
-        "--pin", action="store_true", help="the upstream on one CPU, the adapter on another"
+        "--unpinned",
+        action="store_true",
+        help="let the kernel place the upstream and the adapter (default: different CPUs)",
     )
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -178,9 +181,8 @@ def main() -> None:
         print(json.dumps(child(args.port, args.iterations)))
         return
     iterations = 40 if args.quick else args.iterations
-    # Not pinned by default: a server pinned to one CPU of a shared machine waits for that CPU
-    # whenever another process holds it. `--pin` shows the other side (see the module header).
-    server_cpu, client_cpu = split_cpus() if args.pin else (None, None)
+    # Pinned apart by default: an upstream on its own machine (see the module header).
+    server_cpu, client_cpu = (None, None) if args.unpinned else split_cpus()
     with upstream_process(server_cpu, script="close_server.py") as port:
         child_args = [os.path.join(HERE, "bench_cancel.py"), "--child", "--port", str(port)]
         child_args += ["--iterations", str(iterations)]

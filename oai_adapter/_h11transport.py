@@ -503,14 +503,14 @@ class H11Transport(httpx2.AsyncBaseTransport):
             conn = self._take_idle(origin)
             # One deadline scope for the connect and the write, its deadline moved between
             # them (a scope is ≈ 5 µs of a stream's set-up, docs/performance.md).
-            with trio.CancelScope() as deadline:
+            write_timeout = timeouts.get("write") or self._write_timeout
+            connect_timeout = timeouts.get("connect") or self._connect_timeout
+            timeout = write_timeout if conn is not None else connect_timeout
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as deadline:
                 if conn is None:
-                    connect_timeout = timeouts.get("connect") or self._connect_timeout
-                    deadline.deadline = trio.current_time() + connect_timeout
                     conn = await self._connect(origin)
+                    deadline.deadline = trio.current_time() + write_timeout
                 body = H11Body(self, conn, timeouts.get("read"))  # owns the permit from here
-                write_timeout = timeouts.get("write") or self._write_timeout
-                deadline.deadline = trio.current_time() + write_timeout
                 try:
                     await conn.stream.send_all(wire.encode(conn.h11))
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -17,6 +17,7 @@ scope was cancelled means a deadline passed. A scope made after `stop()` is canc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,10 +107,10 @@ class TaskState:
         if response is not None and response.close_now():
             self.response_closed = True
 
-    def renew_scope(self) -> trio.CancelScope:
-        """For the reader: a fresh scope that `stop()` reaches (an attempt's, a backoff's, the
-        one `End` is sent in), cancelled already when `stop()` came first."""
-        scope = self.scope = trio.CancelScope()
+    def renew_scope(self, deadline: float = math.inf) -> trio.CancelScope:
+        """For the reader: a fresh scope with `deadline` that `stop()` reaches (an attempt's, a
+        backoff's, the one `End` is sent in), cancelled already when `stop()` came first."""
+        scope = self.scope = trio.CancelScope(deadline=deadline)
         if self.stopped:
             scope.cancel()
         return scope

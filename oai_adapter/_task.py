@@ -184,10 +184,12 @@ class _Reader:
                 self.tlog.attempt = attempt
                 state.attempts = attempt  # `EventStream.statistics().attempts`
                 error = None
-                with state.renew_scope() as scope:
-                    scope.deadline = total
+                # The first-token deadline bounds the send, the headers and the first event; once
+                # the stream is accepted the same scope carries its read deadlines (`_stream`).
+                first_deadline = trio.current_time() + self.config.timeouts.first_token
+                with state.renew_scope(self._limit(first_deadline)) as scope:
                     try:
-                        if await self._attempt(attempt, scope):
+                        if await self._attempt(attempt, scope, first_deadline):
                             return  # `End` sent; a tail is drained in the background
                     except _Failed as failed:
                         error = failed.error
@@ -201,8 +203,7 @@ class _Reader:
                 if delay is None:
                     break
                 self.retry_cause, error = error, None
-                with state.renew_scope() as scope:
-                    scope.deadline = total  # past it, DEADLINE_UNMET
+                with state.renew_scope(total) as scope:  # past it, DEADLINE_UNMET
                     await trio.sleep(delay)
                 if state.stopped:
                     return
@@ -291,21 +292,17 @@ class _Reader:
         config = self.config
         self.tlog.debug(f"request sent (api {config.api}, model {config.model}, attempt {attempt})")
 
-    async def _attempt(self, attempt: int, scope: trio.CancelScope) -> bool:
-        """One request, in `scope` (`run`'s: its deadlines are this attempt's). Before `Started`
-        a failure raises `_Failed` (retried where the table says); after it, the stream runs
-        to its end here. True when `End` was sent."""
+    async def _attempt(self, attempt: int, scope: trio.CancelScope, first_deadline: float) -> bool:
+        """One request, in `scope` (`run`'s, its deadline the first token's, `first_deadline`,
+        or `total`'s when that comes first). Before `Started` a failure raises `_Failed`
+        (retried where the table says); after it, the stream runs to its end here. True when
+        `End` was sent. A deadline is set only when it changes (each set is ≈ 2 µs of trio's,
+        and the set-up is a few hundred µs: docs/performance.md)."""
         endpoint = self.endpoint
         timeouts = self.config.timeouts
-        sent_at = trio.current_time()
-        first_deadline = sent_at + timeouts.first_token
         self._first_token_read = None
         self._narrate_request(attempt)
         error: WorkerError | None = None
-        # The first-token deadline bounds the send, the headers and the first event; once the
-        # stream is accepted the same scope carries the stream's read deadlines (`_stream`):
-        # one scope per attempt, not one per read.
-        scope.deadline = self._limit(first_deadline)
         try:
             async with endpoint.upstream.open_stream(
                 endpoint.url, json=self.body, headers=self.headers
@@ -313,7 +310,6 @@ class _Reader:
                 self.state.response = resp  # `stop()` closes it at once (a cancel)
                 try:
                     out = await self._accept(resp, first_deadline, scope)
-                    scope.deadline = self._total_deadline
                     await self._start(resp, attempt, first_deadline, out)
                     try:
                         await self._stream(resp, scope)
@@ -373,7 +369,9 @@ class _Reader:
         out: list[Event] = []
         idle_deadline = trio.current_time() + timeouts.idle  # idle counts from the headers
         self._first_token_read = first_deadline <= idle_deadline
-        scope.deadline = self._limit(min(idle_deadline, first_deadline))
+        deadline = self._limit(min(idle_deadline, first_deadline))
+        if deadline != scope.deadline:  # usually the first token's still
+            scope.deadline = deadline
         mapper = self.mapper
         self._pending = []
         while mapper.events_seen == 0 and not mapper.done:
@@ -389,7 +387,6 @@ class _Reader:
                     break
             if chunk is None:
                 break
-        scope.deadline = self._limit(first_deadline)  # back to the attempt's, for what follows
         if mapper.error is not None:
             if mapper.done:
                 # The first event is an error: not accepted. The upstream said it finished, so
@@ -555,6 +552,11 @@ class _Reader:
         try:
             self.send.send_nowait(batch)
         except trio.WouldBlock:
+            # A slow consumer is backpressure, not upstream silence: a read deadline does not
+            # bound the wait, `total` does (the scope of a late `End` has none, and keeps none).
+            scope = self.state.scope
+            if scope is not None and scope.deadline < self._total_deadline:
+                scope.deadline = self._total_deadline
             await self.send.send(batch)
 
     async def _finish(self, error: WorkerError | None) -> None:

@@ -432,6 +432,9 @@ class _Reader:
             self._map(pending, out)
         out.insert(0, self.started)
         self._first_deadline = first_deadline
+        # The task's first batch: the channel is empty, so this never waits under the read
+        # deadline the scope still has (a wait on the consumer is bounded by `total` only:
+        # `_stream` and `_finish` send under it).
         await self._emit(out)
         # Let the consumer have `Started` (and the first Tokens, when they came in the same
         # read) now, before this task goes on to read, drain or finish: time to first token.
@@ -552,11 +555,6 @@ class _Reader:
         try:
             self.send.send_nowait(batch)
         except trio.WouldBlock:
-            # A slow consumer is backpressure, not upstream silence: a read deadline does not
-            # bound the wait, `total` does (the scope of a late `End` has none, and keeps none).
-            scope = self.state.scope
-            if scope is not None and scope.deadline < self._total_deadline:
-                scope.deadline = self._total_deadline
             await self.send.send(batch)
 
     async def _finish(self, error: WorkerError | None) -> None:

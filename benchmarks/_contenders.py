@@ -275,8 +275,9 @@ def raw_concurrent(
     done = 0
     while done < streams:
         for key, mask in sel.select(timeout=30):
-            s, i = key.fileobj, key.data
-            assert isinstance(s, socket.socket)
+            fileobj, i = key.fileobj, key.data
+            assert isinstance(fileobj, socket.socket)
+            s = fileobj
             if mask & selectors.EVENT_WRITE:
                 s.sendall(request)
                 sel.modify(s, selectors.EVENT_READ, i)

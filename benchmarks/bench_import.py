@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = 5 if args.quick else 15
     mods = ("oai_adapter", "openai", "httpx2", "trio")
-    results = {m: [] for m in mods}
+    results: dict[str, list[float]] = {m: [] for m in mods}
     for _ in range(runs):
         for m in mods:  # interleaved, so drift hits all alike
             results[m].append(import_seconds(m) * 1e3)

@@ -132,7 +132,9 @@ def task_stacks(streams: int) -> list[tuple[float, list[tuple[str, int]]]]:
 
     shapes: Counter[tuple[str, ...]] = Counter()
     frames_of: dict[tuple[str, ...], list[tuple[str, int]]] = {}
-    todo = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # called inside trio.run
+    todo = [root]
     while todo:
         task = todo.pop()
         todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)

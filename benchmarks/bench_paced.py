@@ -270,7 +270,7 @@ def run_one(
 
 def carries(r: dict[str, Any], step_ms: float) -> bool:
     """Real time: p99 delivery under one step, and (nearly) every offered token delivered."""
-    return r["lat_p99_ms"] < step_ms and r["tokens_per_s"] >= 0.95 * r["offered_per_s"]
+    return bool(r["lat_p99_ms"] < step_ms and r["tokens_per_s"] >= 0.95 * r["offered_per_s"])
 
 
 def capacity(

@@ -222,7 +222,9 @@ def open_fds() -> tuple[int, int]:
 def trio_tasks() -> Counter[str]:
     """Living trio tasks by name, walked from the root task."""
     names: Counter[str] = Counter()
-    stack = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # called inside trio.run
+    stack = [root]
     while stack:
         task = stack.pop()
         names[task.name] += 1
@@ -696,7 +698,9 @@ def task_tree() -> list[str]:
             for child in nursery.child_tasks:
                 walk(child, depth + 1)
 
-    walk(trio.lowlevel.current_root_task(), 0)
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # called inside trio.run
+    walk(root, 0)
     return [f"{n:4} × {line}" for line, n in lines.items()]
 
 

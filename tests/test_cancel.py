@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from oai_adapter import End, OpenAIAdapter, Started, TaskRequest, Token
+from oai_adapter import AdapterConfig, End, OpenAIAdapter, Started, TaskRequest, Token
 from oai_adapter._events import Event
 from oai_adapter._stream import CHANNEL_BATCHES
 from oai_adapter.testing import FakeUpstream, Hang, Reply, Send, render_stream, sse
@@ -76,9 +76,24 @@ async def test_cancel_closes_the_connection_before_it_returns(
 ) -> None:
     # The upstream sees the close when `cancel()` returns (bench_cancel's "upstream closed"),
     # not after the reader task has run and unwound; and the cancel's `End` does not wait for it.
+    await cancel_closes_before_it_returns(upstream, make_config(upstream), reader)
+
+
+@pytest.mark.parametrize("reader", ["blocked on a full channel", "waiting on the socket"])
+async def test_cancel_closes_a_tls_connection_before_it_returns(
+    tls_upstream: FakeUpstream, ca_file: str, reader: str
+) -> None:
+    # The socket under trio's SSLStream is closed (no close_notify: a cancel owes none).
+    config = make_config(tls_upstream, ca_bundle=ca_file)
+    await cancel_closes_before_it_returns(tls_upstream, config, reader)
+
+
+async def cancel_closes_before_it_returns(
+    upstream: FakeUpstream, config: AdapterConfig, reader: str
+) -> None:
     many = [f" w{i}" for i in range(4000)] if reader.startswith("blocked") else ["a", "b"]
     upstream.script(Reply(steps=[*render_stream("chat", many)[: len(many) + 1], Hang()]))
-    async with OpenAIAdapter(make_config(upstream)) as adapter:
+    async with OpenAIAdapter(config) as adapter:
         with trio.fail_after(IO_DEADLINE):
             async with adapter.submit(TaskRequest(task_id="t", prompt="x")) as events:
                 assert isinstance(await events.__anext__(), Started)

@@ -490,5 +490,12 @@ class ResponseBody(httpx2.AsyncByteStream):
                 raise StopAsyncIteration
             await stream.wait(self._read_timeout)
 
+    def close_now(self) -> bool:
+        """Release the stream now, synchronously (a cancel: `TaskState.stop()`): its
+        RST_STREAM(CANCEL) is queued and the writer woken, as `aclose()` does. True: nothing
+        of the stream is held afterwards."""
+        self._conn.release(self._stream)
+        return True
+
     async def aclose(self) -> None:
         self._conn.release(self._stream)

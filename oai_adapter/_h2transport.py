@@ -58,7 +58,18 @@ from ._h2connection import (
 )
 from ._transport import CLOSE_GRACE  # the one grace of shielded cleanups (its precedent there)
 
-__all__ = ["ALPN", "CONNECTION_WINDOW", "STREAM_WINDOW", "H2Statistics", "H2Transport"]
+__all__ = [
+    "ALPN",
+    "CLOSE_EXTENSION",
+    "CONNECTION_WINDOW",
+    "STREAM_WINDOW",
+    "H2Statistics",
+    "H2Transport",
+]
+
+#: The `Response.extensions` key of a response's body, whose synchronous `close_now()` resets
+#: the stream (httpx2 wraps `response.stream`, so the extension is how a caller reaches it).
+CLOSE_EXTENSION: Final = "oai_adapter.h2_body"
 
 #: What a TLS origin is offered: HTTP/2 first, HTTP/1.1 for a server that does not speak it.
 ALPN: Final = ("h2", "http/1.1")
@@ -207,11 +218,12 @@ class H2Transport(httpx2.AsyncBaseTransport):
         except BaseException:
             conn.release(stream)  # RST_STREAM(CANCEL): cancelled, timed out or failed
             raise
+        body = ResponseBody(conn, stream, timeouts.get("read"))
         return httpx2.Response(
             status_code=stream.status,
             headers=stream.headers,
-            stream=ResponseBody(conn, stream, timeouts.get("read")),
-            extensions={"http_version": b"HTTP/2", "stream_id": stream.id},
+            stream=body,
+            extensions={"http_version": b"HTTP/2", "stream_id": stream.id, CLOSE_EXTENSION: body},
         )
 
     async def _connection(self, origin: Origin, deadline: float) -> Connection | None:

@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 import h11
 import httpx2
@@ -56,7 +56,7 @@ import trio
 from ._config import AdapterConfig, dropped_credential
 from ._errors import ErrorKind, make_error
 from ._h2transport import ALPN as H2_ALPN
-from ._h2transport import H2Transport
+from ._h2transport import CLOSE_EXTENSION, H2Transport
 from ._h11transport import BODY_EXTENSION, H11Body, H11Transport, WireRequest, origin_of
 from ._log import log, log_httpx2_request
 from ._tls import build_ssl_context, shared_ssl_context
@@ -393,6 +393,12 @@ class Upstream:
             return resp.status, resp.headers, body
 
 
+class ClosesNow(Protocol):
+    """A response's synchronous close (`_h2connection.ResponseBody`)."""
+
+    def close_now(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamStatistics:
     """A snapshot of an `Upstream`: background drains running, and the transport's pooled
@@ -476,6 +482,7 @@ class UpstreamResponse:
         "_body",
         "_chunks",
         "_closed",
+        "_closer",
         "_drain_scope",
         "_ended",
         "_next",
@@ -502,14 +509,17 @@ class UpstreamResponse:
         *,
         body: H11Body | None = None,
         response: httpx2.Response | None = None,
+        closer: ClosesNow | None = None,
     ) -> None:
-        """Over our HTTP/1.1 transport, its `body`; else httpx2's `response`, read through it."""
+        """Over our HTTP/1.1 transport, its `body`; else httpx2's `response`, read through it,
+        and over our HTTP/2 transport its stream's `closer` (`close_now()`)."""
         self._upstream = upstream
         self.status = status
         self.headers: httpx2.Headers = headers
         self.http_version = version
         self.request_id = request_id(headers)
         self._body: H11Body | None = body
+        self._closer = closer
         self._chunks: AsyncIterator[bytes] | None = None
         #: `await resp.receive()`: the body bytes of the next network read, `b""` at its end.
         #: Over our HTTP/1.1 transport it is the transport's own read (no httpx2 layers).
@@ -542,6 +552,7 @@ class UpstreamResponse:
             http_version(response),
             body=body,
             response=None if body is not None else response,
+            closer=response.extensions.get(CLOSE_EXTENSION),
         )
 
     def forget_headers(self) -> None:
@@ -606,13 +617,19 @@ class UpstreamResponse:
         self.keep = True
 
     def close_now(self) -> bool:
-        """Close the connection at once, synchronously, for a cancel (`TaskState.stop()`): the
-        upstream sees the close when `cancel()` returns, not after the reader has unwound. True
-        when the response holds no connection afterwards (over our HTTP/1.1 transport); False
-        when only an awaited close can end it (HTTP/2's stream reset, httpx2's transport, a
+        """Close the response at once, synchronously, for a cancel (`TaskState.stop()`): over
+        HTTP/1.1 its connection is closed, so the upstream sees the close when `cancel()`
+        returns, not after the reader has unwound; over our HTTP/2 its stream is released, its
+        RST_STREAM queued for the connection's writer. True when the response holds nothing
+        afterwards; False when only an awaited close can end it (httpx2's transport, a
         background drain's response), and the reader's own close does."""
+        if self.released:
+            return False
         body = self._body
-        return body is not None and not self.released and body.close_now()
+        if body is not None:
+            return body.close_now()
+        closer = self._closer
+        return closer is not None and closer.close_now()
 
     async def aclose_now(self) -> None:
         """Close the response now: a background drain of it is cancelled and waited for

@@ -234,6 +234,31 @@ async def test_cancel_resets_exactly_its_stream_while_two_others_finish(
     assert end.reason == "cancelled"
 
 
+async def test_cancel_releases_the_stream_before_it_returns(h2up: H2Upstream) -> None:
+    # As over HTTP/1.1: `cancel()` itself releases the stream (its RST_STREAM queued, the
+    # connection's writer woken), and the cancel's `End` does not wait for the reader to unwind.
+    h2up.script(hanging_stream())
+    with trio.fail_after(IO_DEADLINE):
+        async with OpenAIAdapter(h2config(h2up)) as adapter:
+            req = TaskRequest(task_id="t", prompt="hi")
+            async with adapter.submit(req) as events:
+                async for ev in events:
+                    if isinstance(ev, Token):
+                        break
+                await trio.testing.wait_all_tasks_blocked()
+                assert transport_of(adapter).statistics().streams_open == 1
+                assert adapter.cancel("t")
+                # no checkpoint since: the reader has not run
+                assert not events.statistics().reader_done
+                assert transport_of(adapter).statistics().streams_open == 0
+                end = await events.__anext__()
+                assert isinstance(end, End)
+                assert end.reason == "cancelled"
+            await h2up.wait_frames(1)
+            assert h2up.connections_total == 1  # the connection lives on
+    assert h2up.resets() == [(1, CANCEL)]
+
+
 async def test_breaking_out_of_submit_resets_the_stream(h2up: H2Upstream) -> None:
     h2up.script(hanging_stream())
     with trio.fail_after(IO_DEADLINE):

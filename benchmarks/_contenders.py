@@ -304,15 +304,31 @@ def raw_concurrent(
     return {"wall": wall, "ttft": ttft, "sockets": socks if hold else []}
 
 
+#: The raw and h11 contenders connect through `trio.open_tcp_stream` (happy eyeballs, what a
+#: trio client writes); True: through the adapter's own direct connect to an IP address
+#: (`oai_adapter._connect.open_tcp`), to compare set-up with the connect taken out.
+DIRECT_CONNECT = False
+
+
+async def tcp_connect(port: int) -> Any:
+    """A contender's connection to the upstream on 127.0.0.1 (see `DIRECT_CONNECT`)."""
+    import trio
+
+    if DIRECT_CONNECT:
+        from oai_adapter._connect import open_tcp
+
+        return await open_tcp("127.0.0.1", port)
+    return await trio.open_tcp_stream("127.0.0.1", port)
+
+
 async def raw_trio_stream(port: int, path: str, body: bytes, on_text: Any) -> int:
     """One stream on a trio socket stream: the tokens' texts found in the bytes (`"content":"…"`),
     no HTTP parsing (the chunked framing is skipped over, not decoded)."""
-    import trio
 
     marker = b'"content":"'
     keep = len(marker) - 1  # a tail this short cannot hold a whole marker: nothing is seen twice
     tokens = 0
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await tcp_connect(port)
     async with stream:
         await stream.send_all(raw_request(port, body, path))
         tail = b""
@@ -350,9 +366,8 @@ class H11Reader:
 
     async def open(self) -> None:
         import h11
-        import trio
 
-        self._stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        self._stream = await tcp_connect(self.port)
         self._conn = conn = h11.Connection(h11.CLIENT)
         headers = [
             ("host", f"127.0.0.1:{self.port}"),

@@ -17,7 +17,11 @@ clock when every stream has its first token:
 The streams are then cancelled (not measured) and the next run starts. Contenders
 (`_contenders.py`): raw (a trio socket stream and a hand-written request, no HTTP parsing),
 h11-task (the design's shape at its leanest: a nursery, a reader task, h11, a channel),
-adapter (`OpenAIAdapter.submit`, one adapter, its connection limit at N).
+adapter (`OpenAIAdapter.submit`, one adapter, its connection limit at N). raw and h11-task
+connect through `trio.open_tcp_stream` (happy eyeballs), as a trio client would, and the
+target's ratio is taken against them; raw-direct and h11-task-direct are the same with the
+adapter's own direct connect to an IP address (`_connect.open_tcp`), which shows what the
+adapter adds over the design floor with the connect taken out of the comparison.
 
     python benchmarks/bench_setup.py [--quick] [--json out.json] [--streams N]
 """
@@ -46,7 +50,7 @@ from _common import (
     write_json,
 )
 
-CONTENDERS = ("raw", "h11-task", "adapter")
+CONTENDERS = ("raw", "h11-task", "adapter", "raw-direct", "h11-task-direct")
 PATH = "/hold/v1/chat/completions"
 STREAMS = 1000
 
@@ -66,7 +70,8 @@ def child(kind: str, port: int, streams: int, runs: int) -> dict[str, Any]:
             async def one(i: int, on_text: Any) -> None:
                 await c.adapter_stream(adapter, f"t-{i}", 16, on_text=on_text)
         else:
-            fn = c.raw_trio_stream if kind == "raw" else c.h11_task_stream
+            c.DIRECT_CONNECT = kind.endswith("-direct")
+            fn = c.raw_trio_stream if kind.startswith("raw") else c.h11_task_stream
             await fn(port, "/v1/chat/completions", c.chat_body(4), lambda text: None)
 
             async def one(i: int, on_text: Any) -> None:
@@ -151,14 +156,14 @@ def main() -> None:
         f" until every stream has its first token (medians of {runs} bursts)"
     )
     print(
-        f"{'contender':<9} {'CPU µs/task':>12} {'spread':>7} {'of it kernel':>13}"
+        f"{'contender':<15} {'CPU µs/task':>12} {'spread':>7} {'of it kernel':>13}"
         f" {'TTFT p50':>9} {'p99':>8}"
     )
     for kind, r in results.items():
         cpu = r["cpu_us_per_task"]
         spread = 100.0 * (cpu["max"] - cpu["min"]) / cpu["median"]
         print(
-            f"{kind:<9} {cpu['median']:>12,.0f} {spread:>6.0f}% {r['sys_us_per_task']:>11,.0f}µs"
+            f"{kind:<15} {cpu['median']:>12,.0f} {spread:>6.0f}% {r['sys_us_per_task']:>11,.0f}µs"
             f" {r['ttft_p50_ms']:>7.0f}ms"
             f" {r['ttft_p99_ms']:>6.0f}ms"
         )
@@ -178,6 +183,15 @@ def main() -> None:
             )
             line += f"; ÷ design floor: CPU per task {out['cpu_vs_floor']:.2f}×"
         print(line)
+    if "adapter" in results and "h11-task-direct" in results:
+        a_cpu = results["adapter"]["cpu_us_per_task"]["median"]
+        fd = results["h11-task-direct"]["cpu_us_per_task"]["median"]
+        rd = results.get("raw-direct", {}).get("cpu_us_per_task", {}).get("median", 0.0)
+        out["cpu_vs_floor_direct"] = a_cpu / fd
+        print(
+            f"with the adapter's direct connect for all: raw {rd:,.0f} µs, design floor"
+            f" {fd:,.0f} µs per task; adapter ÷ that floor {a_cpu / fd:.2f}× (its own set-up)"
+        )
     print(
         f"load average {load_before} before, {load_average()} after; {time.perf_counter() - t0:.0f} s"
     )

@@ -253,6 +253,17 @@ def main() -> None:
                 f"≤ 2× raw {verdict(su['ttft_vs_raw'] <= 2)}",
             )
         )
+        if (direct := su.get("h11-task-direct")) and "cpu_vs_floor_direct" in su:
+            rows.append(
+                (
+                    "set-up: all with a direct connect",
+                    f"{a['cpu_us_per_task']['median']:.0f} µs",
+                    f"raw {su['raw-direct']['cpu_us_per_task']['median']:.0f} µs,"
+                    f" design floor {direct['cpu_us_per_task']['median']:.0f} µs",
+                    f"{su['cpu_vs_floor_direct']:.2f}× floor",
+                    "",
+                )
+            )
     if e := results.get("bench_end"):
         rows.append(
             (

@@ -186,10 +186,11 @@ def main() -> None:
     if "adapter" in results and "h11-task-direct" in results:
         a_cpu = results["adapter"]["cpu_us_per_task"]["median"]
         fd = results["h11-task-direct"]["cpu_us_per_task"]["median"]
-        rd = results.get("raw-direct", {}).get("cpu_us_per_task", {}).get("median", 0.0)
         out["cpu_vs_floor_direct"] = a_cpu / fd
+        raw_direct = results.get("raw-direct")
+        raw_text = f"raw {raw_direct['cpu_us_per_task']['median']:,.0f} µs, " if raw_direct else ""
         print(
-            f"with the adapter's direct connect for all: raw {rd:,.0f} µs, design floor"
+            f"with the adapter's direct connect for all: {raw_text}design floor"
             f" {fd:,.0f} µs per task; adapter ÷ that floor {a_cpu / fd:.2f}× (its own set-up)"
         )
     print(

@@ -253,7 +253,7 @@ def main() -> None:
                 f"≤ 2× raw {verdict(su['ttft_vs_raw'] <= 2)}",
             )
         )
-        if (direct := su.get("h11-task-direct")) and "cpu_vs_floor_direct" in su:
+        if (direct := su.get("h11-task-direct")) and "raw-direct" in su:
             rows.append(
                 (
                     "set-up: all with a direct connect",

@@ -280,8 +280,19 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
     ) -> httpx2.Request:
         target, hdrs = self._target(url, json, headers)
-        request = None
         pairs = self._header_pairs(target, json, hdrs) if json else None
+        return self._httpx2_request(method, target, json, hdrs, pairs)
+
+    def _httpx2_request(
+        self,
+        method: str,
+        target: httpx2.URL,
+        json: bytes | None,
+        headers: dict[str, str],
+        pairs: list[tuple[bytes, bytes]] | None,
+    ) -> httpx2.Request:
+        """httpx2's `Request`: from the `pairs` built here when there are some, else built by
+        httpx2 (cookies in the jar, no body, a header httpx2 adds itself); the key last."""
         if pairs is not None and json:
             client = self.client
             request = httpx2.Request(
@@ -292,8 +303,8 @@ class Upstream:
                 extensions={"timeout": client.timeout.as_dict()},
             )
             request.read()  # as httpx2 does for a body given whole: `request.content` is set
-        if request is None:
-            request = self.client.build_request(method, target, content=json, headers=hdrs)
+        else:
+            request = self.client.build_request(method, target, content=json, headers=headers)
         # Added last, into the request's own headers (whose repr masks it): no local variable
         # of any frame holds the key, so a traceback printed with its locals cannot show it.
         request.headers.update(self._auth_header())
@@ -316,7 +327,7 @@ class Upstream:
         target, hdrs = self._target(url, json, headers)
         pairs = self._header_pairs(target, json, hdrs) if json else None
         if pairs is None or not json:
-            request = self.build_request(method, url, json=json, headers=headers)
+            request = self._httpx2_request(method, target, json, hdrs, None)
             return target, WireRequest.of(request, request.content)
         wire = WireRequest(method, target.raw_path, pairs, json)
         wire.add_headers(self._auth_header())

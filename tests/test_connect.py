@@ -16,11 +16,10 @@ import trio
 from oai_adapter import ErrorKind
 from oai_adapter._connect import ip_family, open_tcp
 from oai_adapter._errors import error_from_transport
-from oai_adapter._h11transport import H11Transport
-from oai_adapter._tls import shared_ssl_context
 from oai_adapter.testing import FakeUpstream
 
-IO_DEADLINE = 20
+from .conftest import IO_DEADLINE
+from .helpers import make_transport
 
 
 def test_ip_family_tells_addresses_from_names() -> None:
@@ -70,13 +69,7 @@ async def test_the_h11_transport_connects_to_an_ip_address_without_happy_eyeball
 ) -> None:
     upstream = FakeUpstream()
     await nursery.start(upstream.serve)
-    transport = H11Transport(
-        ssl_context=shared_ssl_context(),
-        connect_timeout=5.0,
-        write_timeout=5.0,
-        max_connections=4,
-        max_keepalive=4,
-    )
+    transport = make_transport(max_connections=4)
     with trio.fail_after(IO_DEADLINE):
         async with httpx2.AsyncClient(transport=transport, trust_env=False) as client:
             response = await client.get(upstream.base_url + "/models")
@@ -94,13 +87,7 @@ async def test_a_refused_connect_raises_oserror_closes_the_socket_and_maps_as_be
         with pytest.raises(ConnectionRefusedError):
             await open_tcp("127.0.0.1", port)
         gc.collect()  # an unclosed socket would warn here (ResourceWarning is an error)
-        transport = H11Transport(
-            ssl_context=shared_ssl_context(),
-            connect_timeout=5.0,
-            write_timeout=5.0,
-            max_connections=4,
-            max_keepalive=4,
-        )
+        transport = make_transport(max_connections=4)
         async with httpx2.AsyncClient(transport=transport, trust_env=False) as client:
             with pytest.raises(httpx2.ConnectError) as caught:
                 await client.get(f"http://127.0.0.1:{port}/v1/models")

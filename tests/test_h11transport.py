@@ -22,23 +22,22 @@ from oai_adapter import ErrorKind
 from oai_adapter import _h11transport as h11transport
 from oai_adapter._errors import error_from_transport
 from oai_adapter._h11transport import BODY_EXTENSION, H11Body, H11Statistics, H11Transport
-from oai_adapter._tls import build_ssl_context, shared_ssl_context
+from oai_adapter._tls import build_ssl_context
 from oai_adapter.testing import FakeUpstream, Gate, Hang, Reply, Reset, Stream
 
-IO_DEADLINE = 20
+from .conftest import IO_DEADLINE
+from .helpers import make_transport
+
+
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A port on 127.0.0.1 where a listener accepts connections and never reads or answers."""
+    silent = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with silent:
+        yield silent.socket.getsockname()[1]
+
+
 CHAT = b'{"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
-
-
-def make_transport(max_connections: int = 10, **kw: object) -> H11Transport:
-    options: dict[str, object] = {
-        "ssl_context": shared_ssl_context(),
-        "connect_timeout": 5.0,
-        "write_timeout": 5.0,
-        "max_connections": max_connections,
-        "max_keepalive": max_connections,
-        **kw,
-    }
-    return H11Transport(**options)  # type: ignore[arg-type]
 
 
 @asynccontextmanager
@@ -311,42 +310,37 @@ async def test_untrusted_certificate_is_a_connect_error_mapped_to_policy(
 
 
 async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(
-    loopback_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock, silent_port: int
 ) -> None:
     """The connect timeout bounds TCP and the TLS handshake; the socket is closed."""
-    silent = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]  # accepts, never answers
-    port = silent.socket.getsockname()[1]
+    port = silent_port
     transport = make_transport()
     started = trio.current_time()
-    async with silent:
-        with trio.fail_after(IO_DEADLINE):
-            async with client_on(transport) as client:
-                with pytest.raises(httpx2.ConnectTimeout, match=f"127.0.0.1:{port} timed out"):
-                    await client.get(
-                        f"https://127.0.0.1:{port}/v1/models", timeout=httpx2.Timeout(9, connect=3)
-                    )
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            with pytest.raises(httpx2.ConnectTimeout, match=f"127.0.0.1:{port} timed out"):
+                await client.get(
+                    f"https://127.0.0.1:{port}/v1/models", timeout=httpx2.Timeout(9, connect=3)
+                )
     assert trio.current_time() - started == pytest.approx(3.0, abs=0.5)
     assert transport.statistics() == H11Statistics(0, 0, 0, 0)
 
 
 async def test_a_request_the_server_never_reads_is_a_write_timeout_on_a_fresh_connection(
-    loopback_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock, silent_port: int
 ) -> None:
     """The write timeout counts from the write, not from the connect (one scope, its deadline
     moved), and a timed-out write closes the connection."""
-    silent = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]  # accepts, never reads
-    port = silent.socket.getsockname()[1]
     transport = make_transport()
     started = trio.current_time()
-    async with silent:
-        with trio.fail_after(IO_DEADLINE):
-            async with client_on(transport) as client:
-                with pytest.raises(httpx2.WriteTimeout, match="not sent within 5 s"):
-                    await client.post(
-                        f"http://127.0.0.1:{port}/v1/x",
-                        content=b"x" * (64 << 20),
-                        timeout=httpx2.Timeout(9, connect=2, write=5),
-                    )
+    with trio.fail_after(IO_DEADLINE):
+        async with client_on(transport) as client:
+            with pytest.raises(httpx2.WriteTimeout, match="not sent within 5 s"):
+                await client.post(
+                    f"http://127.0.0.1:{silent_port}/v1/x",
+                    content=b"x" * (64 << 20),
+                    timeout=httpx2.Timeout(9, connect=2, write=5),
+                )
     assert trio.current_time() - started == pytest.approx(5.0, abs=0.5)
     assert transport.statistics() == H11Statistics(0, 0, 0, 1)
 

@@ -69,6 +69,7 @@ __all__ = [
     "MAX_ERROR_BODY",
     "MAX_PARSED_URLS",
     "MAX_PROBE_BYTES",
+    "ClosesNow",
     "Upstream",
     "UpstreamResponse",
     "UpstreamStatistics",
@@ -405,7 +406,8 @@ class Upstream:
 
 
 class ClosesNow(Protocol):
-    """A response's synchronous close (`_h2connection.ResponseBody`)."""
+    """A synchronous close: a response's (`UpstreamResponse`, which `TaskState.stop()` closes),
+    and its HTTP/2 stream's (`_h2connection.ResponseBody`)."""
 
     def close_now(self) -> bool: ...
 

@@ -19,23 +19,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-__all__ = ["Draining", "Open", "RegistryStatistics", "TaskRegistry", "TaskState"]
+if TYPE_CHECKING:
+    from ._http import ClosesNow
+
+__all__ = ["Draining", "RegistryStatistics", "TaskRegistry", "TaskState"]
 
 
 class Draining(Protocol):
     """A response whose tail a background drain reads (`_http.UpstreamResponse`)."""
 
     async def aclose_now(self) -> None: ...
-
-
-class Open(Protocol):
-    """The response a reader is reading (`_http.UpstreamResponse`)."""
-
-    def close_now(self) -> bool: ...
 
 
 class TaskState:
@@ -75,7 +72,7 @@ class TaskState:
         # closes its connection at once, and `response_closed` says it did — the upstream sees
         # the close when `cancel()` returns, and the cancel's `End` need not wait for the
         # reader to unwind (DESIGN.md: the response is closed by the time `End` is read).
-        self.response: Open | None = None
+        self.response: ClosesNow | None = None
         self.response_closed = False
         # Written by the reader's attempts loop only: attempts made so far, and whether the
         # retry budget refused the retry after the last one (`EventStream.statistics()`).

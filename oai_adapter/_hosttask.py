@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import uuid
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Final
@@ -54,6 +53,7 @@ from ._hostpool import (
     Replica,
     TaskState,
 )
+from ._log import new_correlation_id
 from ._stream import BatchStream, EventStream, leave_nursery
 
 __all__ = ["MAX_BATCH", "HostEventStream", "HostSubmission"]
@@ -140,7 +140,7 @@ class HostSubmission:
         if req.task_id in pool.tasks:
             raise ValueError(f"task {req.task_id!r} is already running in pool {pool.pool_id!r}")
         if req.correlation_id is None:  # one id for every replica the task tries
-            req = dataclasses.replace(req, correlation_id=uuid.uuid4().hex)
+            req = dataclasses.replace(req, correlation_id=new_correlation_id())
         started_at = trio.current_time()
         task = TaskState(req.task_id)
         pipe = _Pipe()

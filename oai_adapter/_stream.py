@@ -18,7 +18,6 @@ telemetry to use, builds the `Task` its reader needs, and owns the task's nurser
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import trio
 from ._body import build_body
 from ._config import TaskRequest
 from ._events import End, Event, Token
-from ._log import TaskLog
+from ._log import TaskLog, new_correlation_id
 from ._task import Task, run_task
 
 if TYPE_CHECKING:
@@ -348,7 +347,7 @@ class Submission:
         body = build_body(config.api, config.model, req, include_usage=config.include_usage)
         state = self._registry.add(req.task_id)  # ValueError when it is running
         started_at = trio.current_time()
-        correlation_id = req.correlation_id or uuid.uuid4().hex
+        correlation_id = req.correlation_id or new_correlation_id()
         headers = {"x-correlation-id": correlation_id, "accept": "text/event-stream"}
         telemetry = self._telemetry
         tlog = TaskLog(

@@ -26,7 +26,7 @@ from oai_adapter import (
     TaskRequest,
     Token,
 )
-from oai_adapter._log import ERROR_FIELDS, TASK_FIELDS
+from oai_adapter._log import ERROR_FIELDS, TASK_FIELDS, new_correlation_id
 from oai_adapter.testing import FakeUpstream, Reply, Send, chat_chunk, sse
 
 from .conftest import IO_DEADLINE, make_config
@@ -425,3 +425,12 @@ async def test_json_lines_sink_gets_every_field_and_no_key(records: list[Record]
         assert extra["job_id"] == "j"
     assert "Incorrect API key provided: ****" in lines[1]["text"]
     assert wrong_key not in out.getvalue()
+
+
+def test_a_generated_correlation_id_is_what_uuid4_hex_gives() -> None:
+    # made without the `UUID` object (set-up CPU): the same 32 hex digits, version and variant
+    ids = [new_correlation_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(hex=value)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, value)

@@ -26,6 +26,7 @@ from ._redact import Secret, is_credential_name, redact
 from ._tls import shared_ssl_context
 
 __all__ = [
+    "FIELD_NAME",
     "AdapterConfig",
     "RetryPolicy",
     "TaskRequest",
@@ -299,8 +300,11 @@ def _parse_url(name: str, value: object, *, allow_credentials: bool = False) -> 
     return url
 
 
-#: An HTTP field name (RFC 9110 §5.1, `token`): what h11 and h2 accept on the wire.
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: An HTTP field name (RFC 9110 §5.1, `token`): what h11 and h2 accept on the wire. The one
+#: pattern of it: a configured header is checked with it here, and the HTTP/1.1 transport's
+#: plain request writer (`_h11transport._plain_request`) checks every header name with it.
+FIELD_NAME: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN: Final = re.compile(FIELD_NAME)
 
 
 def _is_field_value(value: str) -> bool:

@@ -74,6 +74,7 @@ import h11
 import httpx2
 import trio
 
+from ._config import FIELD_NAME
 from ._connect import open_tcp
 
 __all__ = [
@@ -219,10 +220,11 @@ _SENT_AS: Final[Mapping[str, h11.Request]] = {
     for method in ("GET", "POST")
 }
 _END: Final = h11.EndOfMessage()
-#: A header name (RFC 9110 `token`, as h11's) and a value with neither leading nor trailing
-#: whitespace, of visible ASCII, spaces and tabs: stricter than h11 (no obs-text), so whatever
-#: passes is what h11 would send unchanged, and whatever does not is left to h11 to judge.
-_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+#: A header name (RFC 9110 `token`, as h11's: `_config.FIELD_NAME`) and a value with neither
+#: leading nor trailing whitespace, of visible ASCII, spaces and tabs: stricter than h11 (no
+#: obs-text), so whatever passes is what h11 would send unchanged, and whatever does not is
+#: left to h11 to judge.
+_NAME: Final = re.compile(FIELD_NAME.encode("ascii"))
 _VALUE: Final = re.compile(rb"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+")
 #: Headers that change how h11 frames the request or reads its response: left to h11.
